@@ -1,0 +1,41 @@
+# lewel: the two commands are `make demo` and `make test`; both set up whatever is missing first.
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+CARGO ?= cargo
+
+.PHONY: all setup build release test unit e2e demo bench fmt lint clean
+
+all: build
+
+setup:
+	@./scripts/setup.sh
+
+build: setup
+	$(CARGO) build --workspace
+
+release: setup
+	$(CARGO) build --workspace --release
+
+## The whole suite: unit, black-box and cross-tool pipeline tests.
+test: setup
+	$(CARGO) build --workspace --all-targets
+	$(CARGO) test --workspace --no-fail-fast
+	./scripts/e2e.sh
+
+## The real pipeline on Fashion-MNIST (bundled fixtures when the Debian package is missing).
+demo: release
+	./scripts/demo.sh
+
+## Benchmarks against peers measured in the same run (see BENCHMARKS.md).
+bench: release
+	./scripts/bench.sh
+
+fmt:
+	$(CARGO) fmt --all
+
+lint: setup
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,115 @@
+//! Flag groups that mean the same thing in every tool, defined once and `#[command(flatten)]`ed.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+/// The exit codes, for the end of every `--help`.
+pub const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0    ok (also when the reader of stdout went away, for filter tools)
+  1    runtime failure (bad input file, I/O error, not implemented)
+  2    usage error (bad flags or values)
+  3    training diverged (non-finite loss)
+  130  interrupted by SIGINT or SIGTERM (after a final checkpoint where the tool writes one)";
+
+/// The default of `--seed`: fixed, so that two runs without the flag agree.
+pub const DEFAULT_SEED: u64 = 23456;
+
+/// `--seed`, `--device` and `--quiet`.
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    /// Seed of every random choice (weights, data order, augmentations). Echoed in the `start` event;
+    /// the same seed gives the same result on CPU.
+    #[arg(long, default_value_t = DEFAULT_SEED, value_name = "N")]
+    pub seed: u64,
+
+    /// Where to compute: auto (CUDA when there is one, else CPU), cpu, cuda, or cuda:N.
+    #[arg(long, default_value = "auto", value_name = "DEVICE", value_parser = parse_device)]
+    pub device: DeviceSpec,
+
+    /// No progress bar and no informational messages on stderr (warnings and errors still show).
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+/// `--out`: where the tool writes its result (a run folder for training tools, a file for others).
+#[derive(Debug, Clone, Args)]
+pub struct OutArgs {
+    /// Where to write the result: a run folder (pretrain, finetune-semi), a file or folder (the others).
+    #[arg(long, value_name = "PATH")]
+    pub out: PathBuf,
+}
+
+/// A device as the user wrote it; resolved to a `tch::Device` by [`DeviceSpec::resolve`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl DeviceSpec {
+    /// The device to use now. `auto` picks CUDA device 0 when libtorch sees one.
+    pub fn resolve(self) -> Result<tch::Device, crate::LewelError> {
+        match self {
+            DeviceSpec::Auto => Ok(tch::Device::cuda_if_available()),
+            DeviceSpec::Cpu => Ok(tch::Device::Cpu),
+            DeviceSpec::Cuda(i) => {
+                let n = tch::Cuda::device_count();
+                if (i as i64) < n {
+                    Ok(tch::Device::Cuda(i))
+                } else {
+                    Err(crate::LewelError::Usage(format!(
+                        "--device cuda:{i}: libtorch sees {n} CUDA device(s); use --device cpu or a smaller index"
+                    )))
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceSpec::Auto => write!(f, "auto"),
+            DeviceSpec::Cpu => write!(f, "cpu"),
+            DeviceSpec::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+/// Parses `auto`, `cpu`, `cuda` and `cuda:N`.
+pub fn parse_device(s: &str) -> Result<DeviceSpec, String> {
+    match s {
+        "auto" => Ok(DeviceSpec::Auto),
+        "cpu" => Ok(DeviceSpec::Cpu),
+        "cuda" => Ok(DeviceSpec::Cuda(0)),
+        _ => s
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse().ok())
+            .map(DeviceSpec::Cuda)
+            .ok_or_else(|| format!("expected auto, cpu, cuda or cuda:N, got {s:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_parse() {
+        assert_eq!(parse_device("auto"), Ok(DeviceSpec::Auto));
+        assert_eq!(parse_device("cpu"), Ok(DeviceSpec::Cpu));
+        assert_eq!(parse_device("cuda"), Ok(DeviceSpec::Cuda(0)));
+        assert_eq!(parse_device("cuda:3"), Ok(DeviceSpec::Cuda(3)));
+        assert!(parse_device("gpu").is_err());
+        assert!(parse_device("cuda:x").is_err());
+        assert_eq!(DeviceSpec::Cuda(2).to_string(), "cuda:2");
+    }
+
+    #[test]
+    fn cpu_resolves_everywhere() {
+        assert_eq!(DeviceSpec::Cpu.resolve().unwrap(), tch::Device::Cpu);
+    }
+}

@@ -1,0 +1,104 @@
+//! The run directory of a training tool:
+//!
+//! ```text
+//! RUN/config.json                         the fully resolved configuration (seed, data fingerprint, git revision)
+//! RUN/events.jsonl                        a copy of the tool's stdout
+//! RUN/ckpt/step-NNNNNNNN.safetensors      checkpoints, each with a .json sidecar
+//! RUN/ckpt/latest                         the name of the newest complete checkpoint, written last
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+use crate::events::{EventWriter, OnClosed};
+use crate::fsio;
+
+/// A run folder.
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    root: PathBuf,
+}
+
+impl RunDir {
+    /// Opens (creating if needed) the run folder and its `ckpt/`, checking both are writable.
+    pub fn create(root: &Path) -> Result<Self> {
+        fsio::ensure_writable_dir(root)?;
+        fsio::ensure_writable_dir(&root.join("ckpt"))?;
+        Ok(RunDir { root: root.to_path_buf() })
+    }
+
+    /// Opens an existing run folder (for `--resume`), failing clearly when it is not one.
+    pub fn open(root: &Path) -> Result<Self> {
+        if !root.join("config.json").is_file() {
+            anyhow::bail!(
+                "{} is not a run folder (no config.json); pass the --out folder of an earlier run",
+                root.display()
+            );
+        }
+        Ok(RunDir { root: root.to_path_buf() })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn config_path(&self) -> PathBuf {
+        self.root.join("config.json")
+    }
+    pub fn events_path(&self) -> PathBuf {
+        self.root.join("events.jsonl")
+    }
+    pub fn ckpt_dir(&self) -> PathBuf {
+        self.root.join("ckpt")
+    }
+
+    /// Writes `config.json` atomically (pretty-printed, with the git revision added).
+    pub fn write_config(&self, config: &Value) -> Result<()> {
+        let mut config = config.clone();
+        if let Value::Object(m) = &mut config {
+            m.entry("git_revision").or_insert_with(|| Value::from(crate::GIT_REVISION));
+        }
+        let text = serde_json::to_string_pretty(&config)? + "\n";
+        fsio::write_bytes_atomic(&self.config_path(), text.as_bytes())
+    }
+
+    /// Reads `config.json`.
+    pub fn read_config(&self) -> Result<Value> {
+        let p = self.config_path();
+        let text = std::fs::read_to_string(&p).with_context(|| format!("could not read {}", p.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", p.display()))
+    }
+
+    /// An event writer to stdout with a copy appended to `events.jsonl`.
+    pub fn event_writer(&self, tool: &str) -> Result<EventWriter> {
+        let p = self.events_path();
+        EventWriter::stdout(tool, OnClosed::Continue)
+            .with_copy(&p)
+            .with_context(|| format!("could not open {}", p.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{Event, EventSink};
+
+    #[test]
+    fn create_write_read() {
+        let d = std::env::temp_dir().join(format!("lewel-run-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        assert!(RunDir::open(&d).is_err());
+        let run = RunDir::create(&d).unwrap();
+        assert!(run.ckpt_dir().is_dir());
+        run.write_config(&serde_json::json!({"lr": 0.1})).unwrap();
+        let cfg = RunDir::open(&d).unwrap().read_config().unwrap();
+        assert_eq!(cfg["lr"], 0.1);
+        assert_eq!(cfg["git_revision"], crate::GIT_REVISION);
+        let mut w = run.event_writer("test").unwrap();
+        w.emit(&Event::new("test", "end")).unwrap();
+        w.flush_copy().unwrap();
+        assert!(std::fs::read_to_string(run.events_path()).unwrap().contains("\"event\":\"end\""));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}
