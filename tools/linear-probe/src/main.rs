@@ -9,7 +9,8 @@ use lewel::stub::Planned;
 const PLANNED: Planned = Planned {
     name: "linear-probe",
     about: "Linear classifier on frozen features, with the paper's protocols.",
-    long_about: "Use linear-probe to measure how linearly separable a backbone's features are (the paper's main evaluation).",
+    long_about:
+        "Use linear-probe to measure how linearly separable a backbone's features are (the paper's main evaluation).",
     example: "  linear-probe --train-features train.npy --val-features val.npy --preset lewel-b --out probe.json",
     issue: 6,
 };
