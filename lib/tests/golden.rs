@@ -71,7 +71,11 @@ fn views(b: i64, s: i64, kind: Kind) -> (Tensor, Tensor) {
 }
 
 fn build(arch: Arch, ema: EmaMode, kind: Kind, k: i64, hid: i64) -> (VarStore, Lewel) {
-    let mut vs = VarStore::new(Device::Cpu);
+    build_on(Device::Cpu, arch, ema, kind, k, hid)
+}
+
+fn build_on(dev: Device, arch: Arch, ema: EmaMode, kind: Kind, k: i64, hid: i64) -> (VarStore, Lewel) {
+    let mut vs = VarStore::new(dev);
     vs.set_kind(kind);
     let cfg = ModelConfig {
         method: Method::LewelB,
@@ -116,7 +120,11 @@ fn loss_row(arch: Arch, ema: EmaMode, kind: Kind, k: i64, hid: i64, b: i64, s: i
 
 /// The two-step LARS test: losses at step 0 and 1 and the momentum of the second update.
 fn step_rows(ema: EmaMode, kind: Kind) -> (f64, f64, f64) {
-    let (_vs, model) = build(Arch::Resnet18, ema, kind, 16, 32);
+    step_rows_on(Device::Cpu, ema, kind)
+}
+
+fn step_rows_on(dev: Device, ema: EmaMode, kind: Kind) -> (f64, f64, f64) {
+    let (_vs, model) = build_on(dev, Arch::Resnet18, ema, kind, 16, 32);
     let ocfg = OptimConfig { kind: OptimizerKind::Lars, momentum: 0.9, weight_decay: 1.5e-6, eta: 0.001, ema };
     let mut opt = Optimizer::new(model.trainable(), &ocfg);
     let (v1, v2) = views(4, 64, kind);
@@ -211,4 +219,21 @@ fn golden_resnet50_f64() {
 #[test]
 fn golden_resnet50_f32() {
     resnet50_rows(Kind::Float);
+}
+
+/// The step test in float64 on the first CUDA device (float64 rules out TF32): the same 1e-9 tolerance.
+/// `cargo test -p lewel --test golden -- --ignored`; skipped when no GPU is visible.
+#[test]
+#[ignore]
+fn golden_step_lars_cuda_f64() {
+    if !tch::Cuda::is_available() {
+        eprintln!("no CUDA device: skipped");
+        return;
+    }
+    let kind = Kind::Double;
+    for (ema, l0, l1) in [(EmaMode::Eman, R18_EMAN, STEP1_EMAN), (EmaMode::Params, R18_PARAMS, STEP1_PARAMS)] {
+        let (g0, g1, _) = step_rows_on(Device::Cuda(0), ema, kind);
+        check(&format!("cuda step {ema:?} loss@0"), kind, pick(l0, kind), g0);
+        check(&format!("cuda step {ema:?} loss@1"), kind, pick(l1, kind), g1);
+    }
 }

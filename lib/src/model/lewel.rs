@@ -464,11 +464,84 @@ mod tests {
     }
 
     #[test]
+    fn config_serde_names() {
+        let json = serde_json::to_value(ModelConfig::default()).unwrap();
+        assert_eq!(json["method"], "lewel-b");
+        assert_eq!(json["arch"], "resnet50");
+        assert_eq!(json["stem"], "imagenet");
+        assert_eq!(json["ema"], "eman");
+        let byol: ModelConfig = serde_json::from_value(serde_json::json!({
+            "method": "byol", "arch": "resnet18", "stem": "cifar", "width": 32, "proj_dim": 128,
+            "hidden_dim": 512, "groups": 4, "map_scale": 1.0, "alpha": 0.5, "ema": "params", "bn_splits": 2
+        }))
+        .unwrap();
+        assert_eq!(
+            (byol.method, byol.arch, byol.stem, byol.ema),
+            (Method::Byol, Arch::Resnet18, Stem::Cifar, crate::ema::EmaMode::Params)
+        );
+        assert!(ModelConfig { groups: 3, ..ModelConfig::default() }.validate().is_err());
+        assert!(ModelConfig { alpha: 1.5, ..ModelConfig::default() }.validate().is_err());
+        assert!(ModelConfig { bn_splits: 0, ..ModelConfig::default() }.validate().is_err());
+    }
+
+    #[test]
     fn ghost_bn_config_runs() {
         let vs = VarStore::new(Device::Cpu);
         let cfg = ModelConfig { bn_splits: 2, ..tiny(Method::LewelB) };
         let model = Lewel::new(&vs, &cfg).unwrap();
         assert!(model.forward_loss(&images(4, 1), &images(4, 2)).is_ok());
         assert!(model.forward_loss(&images(3, 1), &images(3, 2)).is_err());
+    }
+
+    #[test]
+    fn resume_from_state_dict_and_optimizer_state_is_bit_exact() {
+        let cfg = tiny(Method::LewelB);
+        let ocfg = OptimConfig::default();
+        let (v1, v2) = (images(4, 7), images(4, 8));
+        let steps = |model: &Lewel, opt: &mut Optimizer, range: std::ops::Range<u64>| -> Vec<f64> {
+            range
+                .map(|i| {
+                    let m = crate::schedule::ema_momentum(0.98, i, 10);
+                    train_step(model, opt, &v1, &v2, 0.05 * (i + 1) as f64, m).unwrap().total.double_value(&[])
+                })
+                .collect()
+        };
+        let snapshot = |named: Vec<(String, Tensor)>| -> HashMap<String, Tensor> {
+            named.into_iter().map(|(k, v)| (k, v.detach().copy())).collect()
+        };
+        let fresh = |init: &HashMap<String, Tensor>| -> (VarStore, Lewel) {
+            let vs = VarStore::new(Device::Cpu);
+            let model = Lewel::new(&vs, &cfg).unwrap();
+            model.load_state_dict(init, true).unwrap();
+            (vs, model)
+        };
+        let vs0 = VarStore::new(Device::Cpu);
+        let m0 = Lewel::new(&vs0, &cfg).unwrap();
+        let init = snapshot(m0.state_dict());
+        // straight run of 4 steps
+        let (_vs_a, a) = fresh(&init);
+        let mut opt_a = Optimizer::new(a.trainable(), &ocfg);
+        let losses_a = steps(&a, &mut opt_a, 0..4);
+        // 2 steps, checkpoint (model state + momentum buffers), fresh model and optimizer, 2 more steps
+        let (_vs_b, b) = fresh(&init);
+        let mut opt_b = Optimizer::new(b.trainable(), &ocfg);
+        let mut losses_b = steps(&b, &mut opt_b, 0..2);
+        let mut ckpt = snapshot(b.state_dict());
+        ckpt.extend(snapshot(opt_b.state()));
+        let model_keys: HashMap<String, Tensor> = ckpt
+            .iter()
+            .filter(|(k, _)| !k.starts_with("optimizer."))
+            .map(|(k, v)| (k.clone(), v.shallow_clone()))
+            .collect();
+        let (_vs_c, c) = fresh(&model_keys);
+        let mut opt_c = Optimizer::new(c.trainable(), &ocfg);
+        opt_c.load_state(&ckpt).unwrap();
+        losses_b.extend(steps(&c, &mut opt_c, 2..4));
+        assert_eq!(losses_a, losses_b);
+        let end_a = a.state_dict();
+        for ((ka, ta), (kc, tc)) in end_a.iter().zip(c.state_dict()) {
+            assert_eq!(ka, &kc);
+            assert!(ta.equal(&tc), "{ka} differs after resume");
+        }
     }
 }
