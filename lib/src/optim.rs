@@ -115,32 +115,21 @@ impl Optimizer {
     /// then `buf = momentum·buf + d`, `w −= buf`.
     /// SGD: `d = g + wd·w`, `buf = d` then `momentum·buf + d`, `w −= lr·buf`.
     pub fn step(&mut self, lr: f64) {
-        let cfg = &self.cfg;
+        let cfg = self.cfg.clone();
         tch::no_grad(|| {
-            for s in &mut self.slots {
-                let g = s.param.grad();
+            let grads: Vec<Tensor> = self.slots.iter().map(|s| s.param.grad()).collect();
+            let factors = match cfg.kind {
+                OptimizerKind::Lars => self.lars_factors(&grads),
+                OptimizerKind::Sgd => vec![1.0; self.slots.len()],
+            };
+            for ((s, g), local) in self.slots.iter_mut().zip(&grads).zip(factors) {
                 if !g.defined() {
                     continue;
                 }
                 let wd = if s.excluded { 0.0 } else { cfg.weight_decay };
-                let d = if wd != 0.0 { &g + &s.param * wd } else { g.shallow_clone() };
+                let d = if wd != 0.0 { g + &s.param * wd } else { g.shallow_clone() };
                 let d = match cfg.kind {
-                    OptimizerKind::Lars => {
-                        let local = if s.excluded {
-                            1.0
-                        } else {
-                            let w_norm = s.param.norm().double_value(&[]);
-                            let g_norm = g.norm().double_value(&[]);
-                            let denom = g_norm + wd * w_norm;
-                            // NOTE(ref): Python raises ZeroDivisionError on 0/0; a zero factor keeps w unchanged.
-                            if denom > 0.0 {
-                                cfg.eta * w_norm / denom
-                            } else {
-                                0.0
-                            }
-                        };
-                        d * (local * lr)
-                    }
+                    OptimizerKind::Lars => d * (local * lr), // lr inside the momentum buffer
                     OptimizerKind::Sgd => d,
                 };
                 let update = if cfg.momentum != 0.0 {
@@ -161,6 +150,33 @@ impl Optimizer {
                 let _ = s.param.g_sub_(&update);
             }
         });
+    }
+
+    /// The LARS factor of every slot: 1 in the excluded group, else `η‖w‖ / (‖g‖ + wd‖w‖)` from the norms as f64
+    /// scalars (the official `.item()` values). All norms travel to the host in one transfer.
+    fn lars_factors(&self, grads: &[Tensor]) -> Vec<f64> {
+        let adapted: Vec<usize> =
+            (0..self.slots.len()).filter(|&i| !self.slots[i].excluded && grads[i].defined()).collect();
+        let mut factors = vec![1.0; self.slots.len()];
+        if adapted.is_empty() {
+            return factors;
+        }
+        let norms: Vec<Tensor> = adapted
+            .iter()
+            .flat_map(|&i| [self.slots[i].param.norm(), grads[i].norm()])
+            .map(|n| n.to_kind(tch::Kind::Double))
+            .collect();
+        let host: Vec<f64> = Vec::try_from(Tensor::stack(&norms, 0).to_device(tch::Device::Cpu))
+            .unwrap_or_else(|_| norms.iter().map(|n| n.double_value(&[])).collect());
+        let wd = self.cfg.weight_decay;
+        for (j, &i) in adapted.iter().enumerate() {
+            let (w_norm, g_norm) =
+                (host.get(2 * j).copied().unwrap_or(0.0), host.get(2 * j + 1).copied().unwrap_or(0.0));
+            let denom = g_norm + wd * w_norm;
+            // NOTE(ref): Python raises ZeroDivisionError on 0/0; a zero factor keeps w unchanged instead.
+            factors[i] = if denom > 0.0 { self.cfg.eta * w_norm / denom } else { 0.0 };
+        }
+        factors
     }
 
     /// The initialised momentum buffers as `optimizer.momentum_buffer.<param name>` (shallow clones: copy them

@@ -92,6 +92,10 @@ impl Lewel {
     /// are not trainable and never require grad.
     pub fn new(vs: &VarStore, cfg: &ModelConfig) -> Result<Self> {
         cfg.validate()?;
+        let taken = ["online_net.", "target_net.", "predictor.", "predictor_obj."];
+        if let Some(k) = vs.variables().keys().find(|k| taken.iter().any(|t| k.starts_with(t))) {
+            bail!("the var store already holds a model ({k}); build each Lewel in its own VarStore");
+        }
         let root = vs.root();
         let online = Encoder::new(&root.sub("online_net"), cfg, true)?;
         let target = Encoder::new(&root.sub("target_net"), cfg, false)?;
@@ -491,6 +495,7 @@ mod tests {
         let model = Lewel::new(&vs, &cfg).unwrap();
         assert!(model.forward_loss(&images(4, 1), &images(4, 2)).is_ok());
         assert!(model.forward_loss(&images(3, 1), &images(3, 2)).is_err());
+        assert!(Lewel::new(&vs, &cfg).is_err()); // names taken
     }
 
     #[test]
