@@ -25,6 +25,7 @@ pub mod model;
 pub mod optim;
 pub mod run;
 pub mod schedule;
+pub mod signals;
 pub mod stub;
 pub mod testing;
 pub mod train;

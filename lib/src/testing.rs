@@ -24,3 +24,43 @@ pub fn check_not_implemented(bin: &str, args: &[&str]) {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not implemented yet"));
     assert!(out.stdout.is_empty(), "a failing tool wrote data to stdout");
 }
+
+/// Writes a C-ordered float32 `.npy` file (test inputs such as view pairs).
+pub fn write_npy_f32(path: &std::path::Path, shape: &[u64], data: &[f32]) {
+    use npyz::WriterBuilder;
+    let mut w = npyz::WriteOptions::<f32>::new()
+        .default_dtype()
+        .shape(shape)
+        .writer(std::fs::File::create(path).expect("create npy"))
+        .begin_nd()
+        .expect("npy header");
+    w.extend(data.iter().copied()).expect("npy data");
+    w.finish().expect("npy finish");
+}
+
+/// Deterministic pseudo-random values in [-1, 1) (SplitMix64), for test inputs.
+pub fn test_values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Parses JSON lines (panics on a line that is not a JSON object).
+pub fn json_lines(bytes: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+            assert!(v.is_object(), "not an object: {l}");
+            v
+        })
+        .collect()
+}

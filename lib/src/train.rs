@@ -1,1 +1,511 @@
-//! Placeholder: filled by its issue.
+//! The pre-training loop: one loop for every method, with exact resume.
+//!
+//! Semantics follow the official loop (`reference/lewel-official.md` §3, §5.3): per-step linear warm-up,
+//! then a cosine learning rate constant within each epoch; the EMA momentum from the 0-based global step
+//! over `epochs x steps_per_epoch`, applied after the optimiser step. A checkpoint at step `s` holds the
+//! state after `s` steps; resuming from it replays nothing and continues with step `s` of the same data
+//! order (data order and augmentation randomness come from (seed, epoch, index)), so on the CPU the
+//! losses after a resume are bit-identical to those of an uninterrupted run.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tch::{nn, Device, Kind, Tensor};
+
+use crate::ckpt;
+use crate::events::{Event, EventSink};
+use crate::model::{Lewel, ModelConfig};
+use crate::optim::{OptimConfig, Optimizer};
+use crate::run::RunDir;
+use crate::schedule;
+use crate::signals;
+use crate::LewelError;
+
+const TOOL: &str = "pretrain";
+
+/// Everything that defines a pre-training run (written to `RUN/config.json`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PretrainConfig {
+    pub model: ModelConfig,
+    pub optim: OptimConfig,
+    /// Base learning rate (absolute, as in the official scripts; not scaled by the batch size).
+    pub lr: f64,
+    /// Linear warm-up length in epochs (per step).
+    pub warmup_epochs: u64,
+    /// Number of epochs (passes over the data).
+    pub epochs: u64,
+    /// Images per step (the global batch).
+    pub batch_size: usize,
+    /// Base EMA momentum of the cosine schedule (m rises from it to 1).
+    pub ema_momentum: f64,
+    pub seed: u64,
+    /// Write a checkpoint every N steps (0 = only at epoch ends).
+    pub ckpt_every_steps: u64,
+    /// Write a checkpoint every N epochs (0 = never at epoch ends; the final one is always written).
+    pub ckpt_every_epochs: u64,
+    /// Keep the newest N checkpoints...
+    pub keep_last: usize,
+    /// ...plus those at every N-th epoch end (0 = none).
+    pub keep_every_epochs: u64,
+    /// The input: pre-augmented views or a data set augmented on the fly.
+    pub input: Input,
+    /// Initial full state (official naming), applied before step 0.
+    pub init: Option<PathBuf>,
+}
+
+/// Where the view pairs come from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Input {
+    /// float32 `[N,2,3,H,W]` normalised view pairs, in file order.
+    Views { path: PathBuf },
+}
+
+/// Settings that do not change the run's numbers (not part of the resume check).
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub device: Device,
+    pub log_every: u64,
+    /// Stop after this global step (a checkpoint is written), as if interrupted but exiting 0.
+    pub max_steps: Option<u64>,
+    pub resume: bool,
+}
+
+/// What the loop reports to the tool after each step (for the progress bar).
+#[derive(Debug, Clone)]
+pub struct StepReport {
+    pub epoch: u64,
+    pub epochs: u64,
+    pub step: u64,
+    pub total_steps: u64,
+    pub loss: f64,
+    pub lr: f64,
+    pub images_per_s: f64,
+    pub data_wait_frac: f64,
+}
+
+/// A source of view-pair batches for one epoch, starting at a given step.
+trait ViewSource {
+    fn len(&self) -> usize;
+    fn steps_per_epoch(&self, batch: usize) -> usize;
+    fn batch(&self, epoch: u64, step: usize, batch: usize) -> Result<(Tensor, Tensor)>;
+    fn describe(&self) -> Value;
+}
+
+/// Pre-augmented views from a `.npy` file, read whole into memory.
+struct ViewsFile {
+    path: PathBuf,
+    data: Tensor, // [N, 2, 3, H, W] float32
+}
+
+impl ViewsFile {
+    fn open(path: &std::path::Path) -> Result<Self> {
+        let bytes = std::fs::read(path).with_context(|| format!("could not read --views {}", path.display()))?;
+        let npy = npyz::NpyFile::new(&bytes[..])
+            .with_context(|| format!("--views {} is not a .npy file", path.display()))?;
+        let shape: Vec<i64> = npy.shape().iter().map(|&d| d as i64).collect();
+        let dtype = npy.dtype();
+        let want = "float32 [N,2,3,H,W] (normalised view pairs, as `augment --out` writes)";
+        if shape.len() != 5 || shape[1] != 2 || shape[2] != 3 {
+            bail!("--views {}: shape {shape:?}; expected {want}", path.display());
+        }
+        if dtype != npyz::DType::Plain("<f4".parse().expect("valid type string")) {
+            bail!("--views {}: dtype {}; expected {want}", path.display(), dtype.descr());
+        }
+        if npy.order() != npyz::Order::C {
+            bail!("--views {}: Fortran order; expected a C-ordered {want}", path.display());
+        }
+        let values: Vec<f32> = npy.into_vec().with_context(|| format!("--views {}: truncated data", path.display()))?;
+        let data = Tensor::from_slice(&values).view(shape.as_slice());
+        Ok(ViewsFile { path: path.to_path_buf(), data })
+    }
+}
+
+impl ViewSource for ViewsFile {
+    fn len(&self) -> usize {
+        self.data.size()[0] as usize
+    }
+    fn steps_per_epoch(&self, batch: usize) -> usize {
+        self.len() / batch
+    }
+    fn batch(&self, _epoch: u64, step: usize, batch: usize) -> Result<(Tensor, Tensor)> {
+        let b = self.data.narrow(0, (step * batch) as i64, batch as i64); // [b, 2, 3, h, w]
+        Ok((b.select(1, 0).contiguous(), b.select(1, 1).contiguous()))
+    }
+    fn describe(&self) -> Value {
+        let s = self.data.size();
+        serde_json::json!({"input": "views", "path": self.path.display().to_string(), "images": s[0], "size_px": s[4]})
+    }
+}
+
+/// Builds the model and optimiser on `device` with the config's seed.
+pub fn build(cfg: &PretrainConfig, device: Device) -> Result<(nn::VarStore, Lewel, Optimizer)> {
+    tch::manual_seed(cfg.seed as i64);
+    let vs = nn::VarStore::new(device);
+    let model = Lewel::new(&vs, &cfg.model)?;
+    let opt = Optimizer::new(model.trainable(), &cfg.optim);
+    Ok((vs, model, opt))
+}
+
+/// The full state to checkpoint: model (online, target, predictors, buffers) and optimiser.
+fn full_state(model: &Lewel, opt: &Optimizer) -> Vec<(String, Tensor)> {
+    let mut s = model.state_dict();
+    s.extend(opt.state());
+    s
+}
+
+/// Runs (or resumes) pre-training. Returns the path of the final checkpoint.
+pub fn run(
+    cfg: &PretrainConfig,
+    opts: &RunOptions,
+    run_dir: &RunDir,
+    sink: &mut dyn EventSink,
+    progress: &mut dyn FnMut(&StepReport),
+) -> Result<PathBuf> {
+    let source: Box<dyn ViewSource> = match &cfg.input {
+        Input::Views { path } => Box::new(ViewsFile::open(path)?),
+    };
+    if cfg.batch_size == 0 {
+        return Err(LewelError::Usage("--batch-size must be at least 1".into()).into());
+    }
+    if source.len() < cfg.batch_size {
+        bail!("--batch-size {} is larger than the data set ({} images); lower it", cfg.batch_size, source.len());
+    }
+    let spe = source.steps_per_epoch(cfg.batch_size) as u64;
+    let total = spe * cfg.epochs;
+
+    let (_vs, model, mut opt) = build(cfg, opts.device)?;
+    let mut start_step = 0u64;
+    let mut resumed_from = None;
+    if opts.resume {
+        let (loaded, skipped) = ckpt::find_resumable(&run_dir.ckpt_dir())?;
+        for why in skipped {
+            sink.emit(&Event::new(TOOL, "warn").str("message", format!("resume: {why}")))?;
+        }
+        load_model_state(&model, &loaded.tensors, &loaded.path)?;
+        opt.load_state(&loaded.tensors).with_context(|| format!("{}: optimiser state", loaded.path.display()))?;
+        start_step = loaded.sidecar.step;
+        resumed_from = Some(loaded.path.display().to_string());
+    } else if let Some(init) = &cfg.init {
+        let tensors: HashMap<String, Tensor> = ckpt::read_safetensors(init)?.into_iter().collect();
+        load_model_state(&model, &tensors, init)?;
+    }
+
+    let mut start = Event::new(TOOL, "start")
+        .int("seed", cfg.seed as i64)
+        .str("git_revision", crate::GIT_REVISION)
+        .str("device", format!("{:?}", opts.device))
+        .int("steps_per_epoch", spe as i64)
+        .int("total_steps", total as i64)
+        .int("start_step", start_step as i64);
+    if let Some(r) = &resumed_from {
+        start = start.str("resumed_from", r.clone());
+    }
+    let cfg_json = serde_json::to_value(cfg)?;
+    start = start.merge(&flatten(&cfg_json)).merge(&flatten(&source.describe()));
+    sink.emit(&start)?;
+
+    let info = |epoch_end: bool| serde_json::json!({"config": cfg_json, "seed": cfg.seed, "epoch_end": epoch_end});
+    let save = |step: u64, epoch_end: bool, opt: &Optimizer, sink: &mut dyn EventSink| -> Result<PathBuf> {
+        let epoch = step / spe.max(1);
+        let p = ckpt::save(&run_dir.ckpt_dir(), step, epoch, &full_state(&model, opt), &info(epoch_end))?;
+        let removed = ckpt::prune(&run_dir.ckpt_dir(), cfg.keep_last, cfg.keep_every_epochs)?;
+        sink.emit(
+            &Event::new(TOOL, "checkpoint")
+                .int("step", step as i64)
+                .int("epoch", epoch as i64)
+                .str("path", p.display().to_string())
+                .int("pruned", removed.len() as i64),
+        )?;
+        Ok(p)
+    };
+
+    let t0 = Instant::now();
+    let mut last_saved = if resumed_from.is_some() { Some(start_step) } else { None };
+    let mut last_path = None;
+    let mut step = start_step;
+    let mut window = Window::default();
+    let stop_at = opts.max_steps.map(|m| m.min(total)).unwrap_or(total);
+    while step < stop_at {
+        let epoch = step / spe;
+        let in_epoch = (step % spe) as usize;
+        let wait0 = Instant::now();
+        let (v1, v2) = source.batch(epoch, in_epoch, cfg.batch_size)?;
+        let (v1, v2) = (v1.to_device(opts.device), v2.to_device(opts.device));
+        let wait_s = wait0.elapsed().as_secs_f64();
+
+        let lr = schedule::lr_at(cfg.lr, cfg.warmup_epochs, cfg.epochs, epoch, in_epoch as u64, spe);
+        let m = schedule::ema_momentum(cfg.ema_momentum, step, total);
+        let t_step = Instant::now();
+        let terms = model.forward_loss(&v1, &v2)?;
+        let loss = terms.total.to_kind(Kind::Double).double_value(&[]);
+        let finite = loss.is_finite();
+        if !finite {
+            let mut ev = Event::new(TOOL, "error")
+                .str("message", "training diverged: non-finite loss")
+                .int("step", step as i64)
+                .int("epoch", epoch as i64);
+            if let Some(l) = window.last_loss {
+                ev = ev.num("last_finite_loss", l).int("last_finite_step", step.saturating_sub(1) as i64);
+            }
+            sink.emit(&ev)?;
+            return Err(LewelError::Diverged { step, loss }.into());
+        }
+        // The same three calls as `model::train_step` (which the golden tests use); inlined here
+        // because the loss is checked for divergence before the step is taken.
+        opt.zero_grad();
+        terms.total.backward();
+        opt.step(lr);
+        model.momentum_update(m);
+        let busy_s = t_step.elapsed().as_secs_f64();
+        step += 1;
+        window.add(loss, cfg.batch_size, wait_s, busy_s);
+
+        let report = StepReport {
+            epoch,
+            epochs: cfg.epochs,
+            step,
+            total_steps: total,
+            loss,
+            lr,
+            images_per_s: window.images_per_s(),
+            data_wait_frac: window.wait_frac(),
+        };
+        if opts.log_every > 0 && step % opts.log_every == 0 {
+            sink.emit(
+                &Event::new(TOOL, "step")
+                    .int("step", step as i64)
+                    .int("epoch", epoch as i64)
+                    .num("loss", loss)
+                    .num("loss_global", terms.global)
+                    .num("loss_aligned", terms.aligned)
+                    .num("lr", lr)
+                    .num("ema_momentum", m)
+                    .num("collapse_std", terms.collapse_std)
+                    .num("step_s", busy_s)
+                    .num("images_per_s", report.images_per_s)
+                    .num("data_wait_frac", report.data_wait_frac),
+            )?;
+        }
+        progress(&report);
+
+        let epoch_end = step % spe == 0;
+        if epoch_end {
+            sink.emit(
+                &Event::new(TOOL, "epoch")
+                    .int("epoch", epoch as i64)
+                    .int("step", step as i64)
+                    .num("loss_mean", window.epoch_loss_mean())
+                    .num("images_per_s", window.images_per_s())
+                    .num("data_wait_frac", window.wait_frac())
+                    .num("elapsed_s", t0.elapsed().as_secs_f64()),
+            )?;
+            window.new_epoch();
+        }
+        let due = (cfg.ckpt_every_steps > 0 && step % cfg.ckpt_every_steps == 0)
+            || (epoch_end && cfg.ckpt_every_epochs > 0 && (step / spe) % cfg.ckpt_every_epochs == 0);
+        let interrupted = signals::requested();
+        if due || interrupted || step == stop_at {
+            if last_saved != Some(step) {
+                last_path = Some(save(step, epoch_end, &opt, sink)?);
+                last_saved = Some(step);
+            }
+        }
+        if interrupted {
+            sink.emit(&Event::new(TOOL, "end").str("status", "interrupted").int("step", step as i64))?;
+            return Err(LewelError::Interrupted.into());
+        }
+    }
+    let path = match last_path {
+        Some(p) => p,
+        None => ckpt::resolve(&run_dir.ckpt_dir().join(ckpt::LATEST))?,
+    };
+    sink.emit(
+        &Event::new(TOOL, "end")
+            .str("status", if step >= total { "finished" } else { "max-steps" })
+            .int("step", step as i64)
+            .str("checkpoint", path.display().to_string())
+            .num("elapsed_s", t0.elapsed().as_secs_f64()),
+    )?;
+    Ok(path)
+}
+
+/// Loads a full model state (official naming; `optimizer.*` entries are left to the optimiser),
+/// naming `path` in the error that lists missing, unexpected and mis-shaped keys.
+fn load_model_state(model: &Lewel, tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+    let only_model: HashMap<String, Tensor> = tensors
+        .iter()
+        .filter(|(k, _)| !k.starts_with("optimizer."))
+        .map(|(k, v)| (k.clone(), v.shallow_clone()))
+        .collect();
+    model.load_state_dict(&only_model, true).map_err(|e| match e {
+        LewelError::KeysMismatch { missing, unexpected, mismatched, .. } => {
+            LewelError::KeysMismatch { path: path.to_path_buf(), missing, unexpected, mismatched }.into()
+        }
+        other => anyhow::Error::from(other),
+    })
+}
+
+/// Flattens a JSON object one level (`model.arch`, `optim.kind`...), for the `start` event.
+fn flatten(v: &Value) -> serde_json::Map<String, Value> {
+    let mut out = serde_json::Map::new();
+    fn go(prefix: &str, v: &Value, out: &mut serde_json::Map<String, Value>) {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    go(&key, v, out);
+                }
+            }
+            other => {
+                out.insert(prefix.to_string(), other.clone());
+            }
+        }
+    }
+    go("", v, &mut out);
+    out
+}
+
+/// Running throughput and loss figures.
+#[derive(Default)]
+struct Window {
+    images: usize,
+    wait_s: f64,
+    busy_s: f64,
+    epoch_loss_sum: f64,
+    epoch_steps: u64,
+    last_loss: Option<f64>,
+}
+
+impl Window {
+    fn add(&mut self, loss: f64, images: usize, wait_s: f64, busy_s: f64) {
+        self.images += images;
+        self.wait_s += wait_s;
+        self.busy_s += busy_s;
+        self.epoch_loss_sum += loss;
+        self.epoch_steps += 1;
+        self.last_loss = Some(loss);
+    }
+    fn images_per_s(&self) -> f64 {
+        let t = self.wait_s + self.busy_s;
+        if t > 0.0 {
+            self.images as f64 / t
+        } else {
+            0.0
+        }
+    }
+    fn wait_frac(&self) -> f64 {
+        let t = self.wait_s + self.busy_s;
+        if t > 0.0 {
+            self.wait_s / t
+        } else {
+            0.0
+        }
+    }
+    fn epoch_loss_mean(&self) -> f64 {
+        self.epoch_loss_sum / self.epoch_steps.max(1) as f64
+    }
+    fn new_epoch(&mut self) {
+        *self = Window { last_loss: self.last_loss, ..Window::default() };
+    }
+}
+
+/// The preset used when `--preset` is not given: the official recipe.
+pub const DEFAULT_PRESET: &str = "in1k-lewelb-eman-200ep";
+
+/// The names of the presets, for error messages and help.
+pub const PRESETS: &[&str] = &["in1k-lewelb-eman-200ep", "in1k-lewelb-syncbn-400ep", "small-lewelb", "small-byol"];
+
+/// A named configuration (the input is left as an empty views path; the tool sets it).
+///
+/// - `in1k-lewelb-eman-200ep`: `scripts/srun_lewelb_eman.sh` (§5.4): ResNet-50, batch 1024, LARS lr 3.6,
+///   wd 1.5e-6, base momentum 0.98, 200 epochs, warm-up 10, EMAN; BN over 8 slices of 128, as the
+///   official per-GPU BN on 8 GPUs.
+/// - `in1k-lewelb-syncbn-400ep`: `scripts/srun_lewelb.sh`: batch 4096, lr 7.2, wd 1e-6, momentum 0.996,
+///   400 epochs, EMA of parameters (LEWELB), BN over the whole batch (SyncBN).
+/// - `small-lewelb` / `small-byol`: what a 2-core CPU can run, from `reference/small-scale-notes.md`
+///   (the setting that did not collapse there): ResNet-18, CIFAR stem, width 16, K 128, hidden 512,
+///   G 4, batch 256, LARS lr 0.3, wd 1e-5, base momentum 0.996, warm-up 2 of 10 epochs.
+pub fn preset(name: &str) -> Result<PretrainConfig> {
+    use crate::model::{Arch, EmaMode, Method, Stem};
+    use crate::optim::OptimizerKind;
+    let official = ModelConfig::default();
+    let lars = |wd: f64, ema: EmaMode| OptimConfig { kind: OptimizerKind::Lars, weight_decay: wd, ema, ..OptimConfig::default() };
+    let base = PretrainConfig {
+        model: ModelConfig { bn_splits: 8, ..official.clone() },
+        optim: lars(1.5e-6, EmaMode::Eman),
+        lr: 3.6,
+        warmup_epochs: 10,
+        epochs: 200,
+        batch_size: 1024,
+        ema_momentum: 0.98,
+        seed: crate::cli::DEFAULT_SEED,
+        ckpt_every_steps: 0,
+        ckpt_every_epochs: 1,
+        keep_last: 3,
+        keep_every_epochs: 20,
+        input: Input::Views { path: PathBuf::new() },
+        init: None,
+    };
+    let small_model = ModelConfig {
+        method: Method::LewelB,
+        arch: Arch::Resnet18,
+        stem: Stem::Cifar,
+        width: 16,
+        proj_dim: 128,
+        hidden_dim: 512,
+        groups: 4,
+        map_scale: 1.0,
+        alpha: 0.5,
+        ema: EmaMode::Eman,
+        bn_splits: 1,
+    };
+    let small = PretrainConfig {
+        model: small_model.clone(),
+        optim: lars(1e-5, EmaMode::Eman),
+        lr: 0.3,
+        warmup_epochs: 2,
+        epochs: 10,
+        batch_size: 256,
+        ema_momentum: 0.996,
+        keep_every_epochs: 0,
+        ..base.clone()
+    };
+    Ok(match name {
+        "in1k-lewelb-eman-200ep" => base,
+        "in1k-lewelb-syncbn-400ep" => PretrainConfig {
+            model: ModelConfig { ema: EmaMode::Params, bn_splits: 1, ..official },
+            optim: lars(1e-6, EmaMode::Params),
+            lr: 7.2,
+            epochs: 400,
+            batch_size: 4096,
+            ema_momentum: 0.996,
+            ..base
+        },
+        "small-lewelb" => small,
+        "small-byol" => PretrainConfig { model: ModelConfig { method: Method::Byol, ..small_model }, ..small },
+        other => {
+            return Err(LewelError::Usage(format!("unknown --preset {other:?}; choose one of {}", PRESETS.join(", "))).into())
+        }
+    })
+}
+
+/// The configuration keys whose values differ between two configurations (`model.lr: 0.1 -> 0.2`).
+pub fn differences(a: &PretrainConfig, b: &PretrainConfig) -> Vec<String> {
+    let (fa, fb) = (
+        flatten(&serde_json::to_value(a).unwrap_or_default()),
+        flatten(&serde_json::to_value(b).unwrap_or_default()),
+    );
+    let mut out = Vec::new();
+    for (k, va) in &fa {
+        let vb = fb.get(k).cloned().unwrap_or(Value::Null);
+        if *va != vb {
+            out.push(format!("{k}: {va} -> {vb}"));
+        }
+    }
+    out
+}

@@ -1,20 +1,286 @@
-//! `pretrain`: self-supervised pre-training: LEWEL_B (official), LEWEL_M, BYOL and MoCo v2.
-//!
-//! Planned in issue 4; until then it only explains itself and exits 1.
+//! `pretrain`: self-supervised pre-training (LEWEL_B and BYOL) with checkpoints and exact resume.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use lewel::stub::Planned;
+use anyhow::{Context, Result};
+use clap::{Parser, ValueEnum};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use lewel::cli::CommonArgs;
+use lewel::model::{Arch, EmaMode, Method, Stem};
+use lewel::optim::OptimizerKind;
+use lewel::run::RunDir;
+use lewel::train::{self, Input, PretrainConfig, RunOptions};
 
-const PLANNED: Planned = Planned {
-    name: "pretrain",
-    about: "Self-supervised pre-training: LEWEL_B (official), LEWEL_M, BYOL and MoCo v2.",
-    long_about: "Use pretrain to learn a backbone from unlabeled images. It writes a run folder with config.json, events.jsonl and atomic checkpoints, and resumes exactly after an interruption.",
-    example: "  pretrain images/ --preset small-lewelb --epochs 20 --out run1 | jq -c 'select(.event==\"epoch\")'
-  embed --ckpt run1/ckpt/latest --data val/ --out feats.npy",
-    issue: 4,
-};
+const EXAMPLE: &str = "  augment images/ --recipe lewel-b-small --out views.npy
+  pretrain --views views.npy --preset small-lewelb --epochs 20 --out run1 | jq -c 'select(.event==\"epoch\")'
+  pretrain --resume run1            # after a crash or Ctrl-C: continues bit-exactly
+  embed --ckpt run1/ckpt/latest --data val/ --out val.npy";
+
+/// Learn a backbone from unlabeled images with LEWEL_B (the official method) or BYOL.
+///
+/// Use pretrain to pre-train a ResNet on your own images. It writes a run folder: config.json (the
+/// resolved configuration), events.jsonl (a copy of stdout: start, step, epoch, checkpoint, end
+/// events) and ckpt/ (atomic safetensors checkpoints in the official naming, a .json sidecar each,
+/// and a `latest` pointer). Ctrl-C or SIGTERM finishes the step, writes a checkpoint and exits 130;
+/// `--resume RUN` continues exactly where the run stopped.
+///
+/// Defaults are the official LEWEL_B ImageNet recipe (preset in1k-lewelb-eman-200ep); on a CPU start
+/// from --preset small-lewelb (ResNet-18, CIFAR stem, width 16, 32 px).
+#[derive(Debug, Parser)]
+#[command(name = "pretrain", version, args_override_self = true, after_help = lewel::stub::help_tail(EXAMPLE))]
+struct Args {
+    /// The images (DATA). Not yet supported: pass pre-augmented views with --views (issue 3 brings DATA).
+    data: Option<PathBuf>,
+
+    /// Pre-augmented, normalised view pairs: float32 [N,2,3,H,W] .npy (from `augment`), read in file
+    /// order, --batch-size at a time, a last partial batch dropped.
+    #[arg(long, value_name = "FILE.npy")]
+    views: Option<PathBuf>,
+
+    /// Start from a named configuration; any flag below overrides it. in1k-lewelb-eman-200ep (default),
+    /// in1k-lewelb-syncbn-400ep, small-lewelb, small-byol.
+    #[arg(long, value_name = "NAME")]
+    preset: Option<String>,
+
+    /// The method: lewel-b (global + aligned losses) or byol (global loss only, same code path).
+    #[arg(long, value_enum)]
+    method: Option<MethodArg>,
+    /// Backbone (torchvision v1.5 layout).
+    #[arg(long, value_enum)]
+    arch: Option<ArchArg>,
+    /// Stem: imagenet (7x7 stride 2 + max-pool) or cifar (3x3 stride 1, no max-pool; for 32 px images).
+    #[arg(long, value_enum)]
+    stem: Option<StemArg>,
+    /// Base width of the ResNet (64 = standard; 16 or 32 for small CPU runs).
+    #[arg(long)]
+    width: Option<i64>,
+    /// K: output dimension of the projectors, and the number of alignment maps (official 256).
+    #[arg(long)]
+    proj_dim: Option<i64>,
+    /// Hidden width of the projectors and predictors (official 4096).
+    #[arg(long)]
+    hidden_dim: Option<i64>,
+    /// G: number of channel groups; K/G aligned representations (official 4).
+    #[arg(long)]
+    groups: Option<i64>,
+    /// s: temperature of the alignment-map softmax (official 1.0; below 1 sharpens the maps).
+    #[arg(long)]
+    map_scale: Option<f64>,
+    /// α: weight of the global loss; the aligned loss gets 1-α (official 0.5).
+    #[arg(long)]
+    alpha: Option<f64>,
+    /// Target network: eman (EMA of the whole state incl. BN statistics, target in eval mode; official
+    /// default) or params (EMA of parameters only, target BN in train mode).
+    #[arg(long, value_enum)]
+    ema: Option<EmaArg>,
+    /// Base EMA momentum; it rises to 1 along a cosine over the run (official 0.98).
+    #[arg(long)]
+    ema_momentum: Option<f64>,
+    /// Optimiser: lars (official: trust ratio, BN and bias excluded) or sgd.
+    #[arg(long, value_enum)]
+    optimizer: Option<OptimArg>,
+    /// Base learning rate, absolute (official 3.6 at batch 1024); warm-up then cosine.
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Weight decay (official 1.5e-6 with LARS).
+    #[arg(long)]
+    wd: Option<f64>,
+    /// Linear warm-up epochs (per step; official 10).
+    #[arg(long)]
+    warmup_epochs: Option<u64>,
+    /// Epochs (official 200).
+    #[arg(long)]
+    epochs: Option<u64>,
+    /// Images per step, the global batch (official 1024).
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Compute BatchNorm statistics over N equal slices of the batch (8 reproduces the official per-GPU
+    /// BN of 8 GPUs on one device).
+    #[arg(long)]
+    bn_splits: Option<i64>,
+    /// A full model state (official naming, .safetensors) to start from.
+    #[arg(long, value_name = "FILE")]
+    init: Option<PathBuf>,
+
+    /// Checkpoint every N steps (0 = only at epoch ends).
+    #[arg(long, value_name = "N")]
+    ckpt_every_steps: Option<u64>,
+    /// Checkpoint every N epochs (default 1; the final state is always saved).
+    #[arg(long, value_name = "N")]
+    ckpt_every_epochs: Option<u64>,
+    /// Keep the newest N checkpoints (default 3)...
+    #[arg(long, value_name = "N")]
+    keep_last: Option<usize>,
+    /// ...plus one every N epochs (default 0: none).
+    #[arg(long, value_name = "N")]
+    keep_every_epochs: Option<u64>,
+
+    /// Emit a `step` event every N steps (0 = none; epoch events always).
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    log_every: u64,
+    /// Stop after this global step with a checkpoint (exit 0): for quick tests and time-boxed runs.
+    #[arg(long, value_name = "N")]
+    max_steps: Option<u64>,
+    /// The run folder to write.
+    #[arg(long, value_name = "RUN", required_unless_present = "resume", conflicts_with = "resume")]
+    out: Option<PathBuf>,
+    /// Continue the run in this folder from its newest valid checkpoint. Flags given with it must agree
+    /// with the run's configuration.
+    #[arg(long, value_name = "RUN")]
+    resume: Option<PathBuf>,
+
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+macro_rules! value_enum {
+    ($arg:ident => $lib:ty { $($v:ident => $l:expr),* $(,)? }) => {
+        #[derive(Debug, Clone, Copy, ValueEnum)]
+        enum $arg { $($v),* }
+        impl From<$arg> for $lib {
+            fn from(a: $arg) -> $lib { match a { $($arg::$v => $l),* } }
+        }
+    };
+}
+value_enum!(MethodArg => Method { LewelB => Method::LewelB, Byol => Method::Byol });
+value_enum!(ArchArg => Arch { Resnet18 => Arch::Resnet18, Resnet34 => Arch::Resnet34, Resnet50 => Arch::Resnet50 });
+value_enum!(StemArg => Stem { Imagenet => Stem::Imagenet, Cifar => Stem::Cifar });
+value_enum!(EmaArg => EmaMode { Eman => EmaMode::Eman, Params => EmaMode::Params });
+value_enum!(OptimArg => OptimizerKind { Lars => OptimizerKind::Lars, Sgd => OptimizerKind::Sgd });
+
+impl Args {
+    /// Applies every flag the user gave on top of `base`.
+    fn apply(&self, mut c: PretrainConfig) -> PretrainConfig {
+        let m = &mut c.model;
+        macro_rules! set { ($dst:expr, $src:expr) => { if let Some(v) = $src { $dst = v.into(); } }; }
+        set!(m.method, self.method);
+        set!(m.arch, self.arch);
+        set!(m.stem, self.stem);
+        set!(m.width, self.width);
+        set!(m.proj_dim, self.proj_dim);
+        set!(m.hidden_dim, self.hidden_dim);
+        set!(m.groups, self.groups);
+        set!(m.map_scale, self.map_scale);
+        set!(m.alpha, self.alpha);
+        set!(m.ema, self.ema);
+        set!(m.bn_splits, self.bn_splits);
+        set!(c.optim.kind, self.optimizer);
+        set!(c.optim.weight_decay, self.wd);
+        c.optim.ema = c.model.ema;
+        set!(c.lr, self.lr);
+        set!(c.ema_momentum, self.ema_momentum);
+        set!(c.warmup_epochs, self.warmup_epochs);
+        set!(c.epochs, self.epochs);
+        set!(c.batch_size, self.batch_size);
+        set!(c.ckpt_every_steps, self.ckpt_every_steps);
+        set!(c.ckpt_every_epochs, self.ckpt_every_epochs);
+        set!(c.keep_last, self.keep_last);
+        set!(c.keep_every_epochs, self.keep_every_epochs);
+        if self.seed_given() {
+            c.seed = self.common.seed;
+        }
+        if let Some(v) = &self.views {
+            c.input = Input::Views { path: v.clone() };
+        }
+        if let Some(i) = &self.init {
+            c.init = Some(i.clone());
+        }
+        c
+    }
+
+    fn seed_given(&self) -> bool {
+        std::env::args().any(|a| a == "--seed" || a.starts_with("--seed="))
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    let device = args.common.device.resolve()?;
+    let opts = RunOptions { device, log_every: args.log_every, max_steps: args.max_steps, resume: args.resume.is_some() };
+    let (cfg, run_dir) = if let Some(dir) = &args.resume {
+        let run_dir = RunDir::open(dir)?;
+        let stored: PretrainConfig = serde_json::from_value(run_dir.read_config()?["pretrain"].clone())
+            .with_context(|| format!("{}: not a pretrain configuration", run_dir.config_path().display()))?;
+        let wanted = args.apply(stored.clone());
+        if wanted != stored {
+            return Err(lewel::LewelError::Usage(format!(
+                "--resume {}: the flags given change the run's configuration ({}); a resume continues the same run, so give no training flags or start a new --out",
+                dir.display(),
+                train::differences(&stored, &wanted).join(", ")
+            ))
+            .into());
+        }
+        (stored, run_dir)
+    } else {
+        if args.data.is_some() {
+            return Err(lewel::LewelError::NotImplemented {
+                what: "pre-training on DATA with on-the-fly augmentation (use --views FILE.npy from `augment`)".into(),
+                issue: 3,
+            }
+            .into());
+        }
+        if args.views.is_none() {
+            return Err(lewel::LewelError::Usage("give the input: --views FILE.npy".into()).into());
+        }
+        let base = train::preset(args.preset.as_deref().unwrap_or(train::DEFAULT_PRESET))?;
+        let mut cfg = args.apply(base);
+        if !args.seed_given() {
+            cfg.seed = args.common.seed;
+        }
+        let out = args.out.as_ref().expect("clap requires --out without --resume");
+        let run_dir = RunDir::create(out)?;
+        if run_dir.config_path().exists() {
+            anyhow::bail!("{} already holds a run; continue it with --resume {0}, or choose another --out", out.display());
+        }
+        run_dir.write_config(&serde_json::json!({ "pretrain": cfg }))?;
+        (cfg, run_dir)
+    };
+
+    lewel::signals::install();
+    let mut sink = run_dir.event_writer("pretrain")?;
+    let bar = progress_bar(args.common.quiet);
+    let mut progress = |r: &train::StepReport| {
+        bar.set_length(r.total_steps);
+        bar.set_position(r.step);
+        bar.set_message(format!(
+            "epoch {}/{} loss {:.4} lr {:.3e} {:.0} img/s wait {:.0}%",
+            r.epoch + 1,
+            r.epochs,
+            r.loss,
+            r.lr,
+            r.images_per_s,
+            100.0 * r.data_wait_frac
+        ));
+    };
+    let result = train::run(&cfg, &opts, &run_dir, &mut sink, &mut progress);
+    bar.finish_and_clear();
+    let _ = sink.flush_copy();
+    result.map(|_| ())
+}
+
+fn progress_bar(quiet: bool) -> ProgressBar {
+    let bar = ProgressBar::new(0);
+    if quiet {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps, ETA {eta} | {msg}")
+            .expect("valid template"),
+    );
+    bar
+}
 
 fn main() -> ExitCode {
-    PLANNED.main()
+    lewel::exit::finish("pretrain", run(Args::parse()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_valid() {
+        Args::command().debug_assert();
+    }
 }

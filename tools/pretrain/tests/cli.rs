@@ -1,14 +1,191 @@
-use lewel::testing::{check_help, check_not_implemented};
+//! Black-box tests of `pretrain` on tiny models (ResNet-18 width 4, 32 px, a few steps).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use lewel::testing::{check_help, json_lines, test_values, write_npy_f32};
+use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pretrain");
 
-#[test]
-fn help_lists_exit_codes_and_an_example() {
-    check_help(BIN, "pretrain");
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("lewel-pretrain-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// 8 view pairs of 32x32.
+fn views(dir: &Path) -> PathBuf {
+    let p = dir.join("views.npy");
+    write_npy_f32(&p, &[8, 2, 3, 32, 32], &test_values(8 * 2 * 3 * 32 * 32, 1));
+    p
+}
+
+const TINY: &[&str] = &[
+    "--preset", "small-lewelb", "--width", "4", "--proj-dim", "16", "--hidden-dim", "32", "--batch-size", "4",
+    "--epochs", "3", "--warmup-epochs", "1", "--lr", "0.1", "--log-every", "1", "--device", "cpu", "--quiet",
+];
+
+fn pretrain(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+fn tiny(views: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut a: Vec<&str> = TINY.to_vec();
+    let (v, o) = (views.to_str().unwrap(), out.to_str().unwrap());
+    a.extend(["--views", v, "--out", o]);
+    a.extend(extra);
+    pretrain(&a)
+}
+
+fn steps(events: &[Value]) -> Vec<(u64, String)> {
+    events
+        .iter()
+        .filter(|e| e["event"] == "step")
+        .map(|e| (e["step"].as_u64().unwrap(), format!("{} {} {} {}", e["loss"], e["loss_global"], e["loss_aligned"], e["lr"])))
+        .collect()
+}
+
+fn ok(out: &Output) -> Vec<Value> {
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    json_lines(&out.stdout)
 }
 
 #[test]
-fn refuses_to_pretend() {
-    check_not_implemented(BIN, &[]);
-    check_not_implemented(BIN, &["--seed", "1", "some/data"]);
+fn help_lists_exit_codes_and_an_example() {
+    check_help(BIN, "pretrain --views views.npy");
+}
+
+#[test]
+fn same_seed_same_losses_and_a_complete_run_folder() {
+    let d = scratch("det");
+    let v = views(&d);
+    let a = ok(&tiny(&v, &d.join("a"), &[]));
+    let b = ok(&tiny(&v, &d.join("b"), &[]));
+    let (sa, sb) = (steps(&a), steps(&b));
+    assert_eq!(sa.len(), 6);
+    assert_eq!(sa, sb);
+    let kinds: Vec<&str> = a.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(kinds.first(), Some(&"start"));
+    assert_eq!(kinds.last(), Some(&"end"));
+    for e in &a {
+        let keys: Vec<&String> = e.as_object().unwrap().keys().collect();
+        assert_eq!(&keys[..3], &["v", "tool", "event"]);
+    }
+    let step = a.iter().find(|e| e["event"] == "step").unwrap();
+    for k in ["step", "epoch", "loss", "loss_global", "loss_aligned", "lr", "ema_momentum", "images_per_s", "data_wait_frac", "collapse_std"] {
+        assert!(step.get(k).is_some(), "step event lacks {k}");
+    }
+    let run = d.join("a");
+    assert!(run.join("config.json").is_file());
+    assert_eq!(std::fs::read_to_string(run.join("events.jsonl")).unwrap().lines().count(), a.len());
+    let latest = std::fs::read_to_string(run.join("ckpt/latest")).unwrap();
+    assert_eq!(latest.trim(), "step-00000006.safetensors");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn resume_is_bit_exact() {
+    let d = scratch("resume");
+    let v = views(&d);
+    let full = steps(&ok(&tiny(&v, &d.join("full"), &[])));
+    // Stop after step 3 (mid-epoch), then resume twice over.
+    let first = ok(&tiny(&v, &d.join("part"), &["--max-steps", "3"]));
+    assert_eq!(first.last().unwrap()["status"], "max-steps");
+    let resumed = ok(&pretrain(&["--resume", d.join("part").to_str().unwrap(), "--log-every", "1", "--quiet"]));
+    assert_eq!(resumed[0]["start_step"], 3);
+    let mut got = steps(&first);
+    got.extend(steps(&resumed));
+    assert_eq!(got, full, "losses after resume differ from the uninterrupted run");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn sigint_writes_a_checkpoint_and_exits_130() {
+    let d = scratch("sigint");
+    let v = views(&d);
+    let out = d.join("run");
+    let mut a: Vec<String> = TINY.iter().map(|s| s.to_string()).collect();
+    a.extend(["--epochs", "500", "--views", v.to_str().unwrap(), "--out", out.to_str().unwrap()].map(String::from));
+    let mut child = Command::new(BIN).args(&a).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    // Wait for the first step event, then interrupt.
+    use std::io::BufRead;
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    loop {
+        let l = lines.next().expect("pretrain ended before its first step").unwrap();
+        if l.contains("\"event\":\"step\"") {
+            break;
+        }
+    }
+    unsafe { libc_kill(child.id() as i32, 2) };
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(rest.iter().any(|l| l.contains("\"event\":\"checkpoint\"")), "{rest:?}");
+    assert!(rest.last().unwrap().contains("interrupted"));
+    assert!(out.join("ckpt/latest").is_file());
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+#[test]
+fn bad_inputs_fail_clearly() {
+    let d = scratch("bad");
+    let v = views(&d);
+    // Wrong shape.
+    let wrong = d.join("wrong.npy");
+    write_npy_f32(&wrong, &[8, 3, 32, 32], &test_values(8 * 3 * 32 * 32, 2));
+    let o = tiny(&wrong, &d.join("r1"), &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("expected float32 [N,2,3,H,W]"));
+    // Batch larger than the data.
+    let o = tiny(&v, &d.join("r2"), &["--batch-size", "64"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("larger than the data set"));
+    // Unwritable output (below a regular file).
+    let o = tiny(&v, &v.join("sub"), &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("could not create"));
+    // --init with keys that do not fit: all listed.
+    let init = d.join("init.safetensors");
+    lewel::fsio::write_bytes_atomic(
+        &init,
+        &lewel::ckpt::to_safetensors_bytes(&[("bogus.weight".into(), tch::Tensor::zeros([2], (tch::Kind::Float, tch::Device::Cpu)))], None).unwrap(),
+    )
+    .unwrap();
+    let o = tiny(&v, &d.join("r3"), &["--init", init.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("missing keys") && err.contains("online_net.backbone.conv1.weight") && err.contains("bogus.weight"), "{err}");
+    // A resume that changes the configuration.
+    ok(&tiny(&v, &d.join("r4"), &["--max-steps", "1"]));
+    let o = pretrain(&["--resume", d.join("r4").to_str().unwrap(), "--lr", "0.5"]);
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("lr: 0.1 -> 0.5"));
+    // A second run into the same folder.
+    let o = tiny(&v, &d.join("r4"), &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already holds a run"));
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn divergence_exits_3_and_keeps_the_last_checkpoint() {
+    let d = scratch("diverge");
+    let v = views(&d);
+    let o = tiny(&v, &d.join("run"), &["--optimizer", "sgd", "--lr", "1e30", "--warmup-epochs", "0", "--ckpt-every-steps", "1"]);
+    assert_eq!(o.status.code(), Some(3), "stderr: {}", String::from_utf8_lossy(&o.stderr));
+    let ev = json_lines(&o.stdout);
+    let err = ev.iter().find(|e| e["event"] == "error").expect("an error event");
+    assert!(err["step"].as_u64().is_some());
+    // Whatever checkpoint exists verifies.
+    if let Ok(p) = lewel::ckpt::resolve(&d.join("run/ckpt/latest")) {
+        lewel::ckpt::load_verified(&p).unwrap();
+    }
+    let _ = std::fs::remove_dir_all(&d);
 }
