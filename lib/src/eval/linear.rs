@@ -316,6 +316,7 @@ pub fn train_and_evaluate(
             .int("dim", dim as i64)
             .int("classes", classes as i64)
             .merge(protocol_fields)
+            .str("milestones", join(&p.milestones))
             .int("seed", cfg.seed as i64)
             .str("device", device_name(device))
             .str("git_revision", crate::GIT_REVISION),
@@ -386,8 +387,8 @@ pub fn train_and_evaluate(
         let loss = loss_sum.double_value(&[]) / n_train as f64;
         if !loss.is_finite() {
             return Err(anyhow::Error::from(LewelError::Diverged { step, loss }).context(format!(
-                "linear-probe: the loss of epoch {} is not finite; lower --lr, or pass --normalize for features \
-                 of large magnitude",
+                "the loss of epoch {} is not finite; lower --lr, or pass --normalize for features of large \
+                 magnitude",
                 epoch + 1
             )));
         }
@@ -443,6 +444,7 @@ pub fn train_and_evaluate(
             .int("n_val", n_val as i64)
             .num("elapsed_s", elapsed_s)
             .merge(protocol_fields)
+            .str("milestones", join(&p.milestones))
             .int("seed", cfg.seed as i64),
     )?;
     let report = LinearReport {
