@@ -7,11 +7,11 @@
 //! negative labels, and NaN or infinite features.
 
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use npyz::{DType, NpyFile, TypeChar, WriterBuilder};
+use npyz::{DType, NpyFile, NpyHeader, TypeChar, WriterBuilder};
 use serde::Serialize;
 
 use crate::LewelError;
@@ -245,7 +245,23 @@ fn plain_type(path: &Path, dtype: &DType) -> Result<(TypeChar, u64)> {
 
 /// Reads a 2-D float32 (or float64, converted) `.npy` in C or Fortran order; returns `([n, c], row-major data)`.
 pub fn read_f32_matrix(path: &Path) -> Result<([usize; 2], Vec<f32>)> {
-    let npy = open_npy(path)?;
+    let file = File::open(path).with_context(|| format!("could not open {}", path.display()))?;
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let header = NpyHeader::from_reader(&mut reader)
+        .with_context(|| format!("{} is not a valid .npy file (numpy.save writes them)", path.display()))?;
+    // Fast path for what `embed` and numpy write: little-endian float32 in C order, read in bulk.
+    if let (DType::Plain(ts), [n, c]) = (header.dtype(), header.shape()) {
+        if ts.to_string() == "<f4" && header.order() == npyz::Order::C {
+            let (n, c) = (*n as usize, *c as usize);
+            let mut bytes = vec![0u8; n * c * 4];
+            reader.read_exact(&mut bytes).with_context(|| {
+                format!("{}: the data is shorter than its header's shape [{n}, {c}] (truncated file?)", path.display())
+            })?;
+            let data = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            return Ok(([n, c], data));
+        }
+    }
+    let npy = NpyFile::with_header(header, reader);
     let shape = npy.shape().to_vec();
     if shape.len() != 2 {
         bail!(
@@ -417,6 +433,12 @@ mod tests {
         write_f32_matrix(&f, 3, 1, &[0., f32::NAN, 1.]).unwrap();
         let e = err(&FeatureSource::npy(&f));
         assert!(e.contains("[1, 0]") && e.contains("non-finite"), "{e}");
+        // truncated
+        write_f32_matrix(&f, 4, 4, &[1.0; 16]).unwrap();
+        let len = std::fs::metadata(&f).unwrap().len();
+        std::fs::OpenOptions::new().write(true).open(&f).unwrap().set_len(len - 4).unwrap();
+        let e = err(&FeatureSource::npy(&f));
+        assert!(e.contains("f.npy") && e.contains("truncated"), "{e}");
         // float labels, negative labels
         write_f32_matrix(&f, 3, 1, &[0., 0.5, 1.]).unwrap();
         write_any::<f32>(&d.join("f.labels.npy"), &[3], &[0., 1., 2.]);

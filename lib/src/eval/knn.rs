@@ -164,8 +164,10 @@ pub fn evaluate(
     }
 
     let counts = tch::no_grad(|| {
-        let train = l2_normalize(&data.train.features_tensor(cfg.device));
-        let val = l2_normalize(&data.val.features_tensor(cfg.device));
+        let mut train = data.train.features_tensor(cfg.device);
+        let mut val = data.val.features_tensor(cfg.device);
+        l2_normalize_(&mut train);
+        l2_normalize_(&mut val);
         sweep(
             &train,
             &data.train.labels_tensor(cfg.device),
@@ -240,10 +242,11 @@ fn best_point(results: &[KnnPoint]) -> KnnPoint {
     best
 }
 
-/// Rows scaled to unit L2 norm (a zero row stays zero), like `F.normalize(x, dim=1)`.
-pub fn l2_normalize(x: &Tensor) -> Tensor {
+/// Scales the rows of `[n, C]` to unit L2 norm in place (a zero row stays zero), like
+/// `F.normalize(x, dim=1)`; in place, because the memory can be most of the device's RAM.
+pub fn l2_normalize_(x: &mut Tensor) {
     let norm = x.norm_scalaropt_dim(2, [1], true).clamp_min(1e-12); // [n, 1]
-    x / norm
+    let _ = x.g_div_(&norm);
 }
 
 /// The core sweep on normalised features: top-1/top-5 counts per (k, T), k-major.
@@ -268,7 +271,7 @@ pub fn sweep(
         bail!("kNN: train features are [{n}, {c}] but val features are [{m}, {c2}]");
     }
     let kmax = ks.iter().copied().max().unwrap_or(1).min(n as usize) as i64;
-    let memory_t = train.transpose(0, 1).contiguous(); // [C, N]
+    let memory_t = train.transpose(0, 1); // [C, N], a view: BLAS reads the transpose, no copy
     let mut counts = vec![TopK::default(); ks.len() * temperatures.len()];
     let mut start = 0i64;
     while start < m {
