@@ -12,7 +12,8 @@
 //! (`best_is_optimistic: true`).
 //!
 //! Determinism: the weights are drawn from a generator keyed by the seed, and each epoch's order from
-//! (seed, epoch), with no libtorch RNG involved; the same seed gives the same numbers on CPU.
+//! (seed, epoch), with no libtorch RNG involved; the same seed gives the same numbers on CPU
+//! with the same number of threads (float sums depend on how a reduction is split).
 
 use std::f64::consts::PI;
 use std::path::PathBuf;

@@ -36,10 +36,10 @@ top1_pct and top5_pct (percent), and `end` with the best (k, T). The best point 
 val split it is scored on, so it is optimistic; report a fixed (k, T) (k=20, T=0.07 is the usual \
 one) when comparing backbones.";
 
-const EXAMPLE: &str = "\
-  embed --ckpt run/ckpt/latest --data train/ --out train.npy &&
+const EXAMPLE: &str = "  embed --ckpt run/ckpt/latest --data train/ --out train.npy &&
   embed --ckpt run/ckpt/latest --data val/ --out val.npy &&
-  knn-probe --train-features train.npy --val-features val.npy --k 20 | jq 'select(.event == \"eval\") | .top1_pct'";
+  knn-probe --train-features train.npy --val-features val.npy --k 20 \\
+    | jq 'select(.event == \"eval\") | .top1_pct'";
 
 /// Flags of `knn-probe`.
 #[derive(Debug, Parser)]

@@ -39,10 +39,10 @@ Output (stdout, JSON lines): `start` (the resolved protocol), one `epoch` per ep
 train_top1_pct), one `eval` per evaluation (top1_pct, top5_pct on the val split), and `end` with the \
 FINAL accuracies (after the last epoch: the number to report) and the BEST over the evaluated epochs \
 (what the official script prints). The best epoch is chosen on the val split itself, so it is \
-optimistic (`best_is_optimistic: true`). The same --seed gives the same numbers on CPU.";
+optimistic (`best_is_optimistic: true`). The same --seed gives the same numbers on CPU \
+with the same number of threads.";
 
-const EXAMPLE: &str = "\
-  embed --ckpt run/ckpt/latest --data train/ --out train.npy &&
+const EXAMPLE: &str = "  embed --ckpt run/ckpt/latest --data train/ --out train.npy &&
   embed --ckpt run/ckpt/latest --data val/ --out val.npy &&
   linear-probe --train-features train.npy --val-features val.npy --preset lewel-b --out probe.json \\
     | jq 'select(.event == \"end\") | .final_top1_pct'";
