@@ -17,6 +17,7 @@ pub mod cli;
 pub mod data;
 pub mod ema;
 pub mod error;
+pub mod eval;
 pub mod events;
 pub mod exit;
 pub mod fsio;

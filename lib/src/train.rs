@@ -105,8 +105,8 @@ struct ViewsFile {
 impl ViewsFile {
     fn open(path: &std::path::Path) -> Result<Self> {
         let bytes = std::fs::read(path).with_context(|| format!("could not read --views {}", path.display()))?;
-        let npy = npyz::NpyFile::new(&bytes[..])
-            .with_context(|| format!("--views {} is not a .npy file", path.display()))?;
+        let npy =
+            npyz::NpyFile::new(&bytes[..]).with_context(|| format!("--views {} is not a .npy file", path.display()))?;
         let shape: Vec<i64> = npy.shape().iter().map(|&d| d as i64).collect();
         let dtype = npy.dtype();
         let want = "float32 [N,2,3,H,W] (normalised view pairs, as `augment --out` writes)";
@@ -434,7 +434,12 @@ pub fn preset(name: &str) -> Result<PretrainConfig> {
     use crate::model::{Arch, EmaMode, Method, Stem};
     use crate::optim::OptimizerKind;
     let official = ModelConfig::default();
-    let lars = |wd: f64, ema: EmaMode| OptimConfig { kind: OptimizerKind::Lars, weight_decay: wd, ema, ..OptimConfig::default() };
+    let lars = |wd: f64, ema: EmaMode| OptimConfig {
+        kind: OptimizerKind::Lars,
+        weight_decay: wd,
+        ema,
+        ..OptimConfig::default()
+    };
     let base = PretrainConfig {
         model: ModelConfig { bn_splits: 8, ..official.clone() },
         optim: lars(1.5e-6, EmaMode::Eman),
@@ -489,17 +494,17 @@ pub fn preset(name: &str) -> Result<PretrainConfig> {
         "small-lewelb" => small,
         "small-byol" => PretrainConfig { model: ModelConfig { method: Method::Byol, ..small_model }, ..small },
         other => {
-            return Err(LewelError::Usage(format!("unknown --preset {other:?}; choose one of {}", PRESETS.join(", "))).into())
+            return Err(
+                LewelError::Usage(format!("unknown --preset {other:?}; choose one of {}", PRESETS.join(", "))).into()
+            )
         }
     })
 }
 
 /// The configuration keys whose values differ between two configurations (`model.lr: 0.1 -> 0.2`).
 pub fn differences(a: &PretrainConfig, b: &PretrainConfig) -> Vec<String> {
-    let (fa, fb) = (
-        flatten(&serde_json::to_value(a).unwrap_or_default()),
-        flatten(&serde_json::to_value(b).unwrap_or_default()),
-    );
+    let (fa, fb) =
+        (flatten(&serde_json::to_value(a).unwrap_or_default()), flatten(&serde_json::to_value(b).unwrap_or_default()));
     let mut out = Vec::new();
     for (k, va) in &fa {
         let vb = fb.get(k).cloned().unwrap_or(Value::Null);

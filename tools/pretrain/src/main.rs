@@ -153,7 +153,13 @@ impl Args {
     /// Applies every flag the user gave on top of `base`.
     fn apply(&self, mut c: PretrainConfig) -> PretrainConfig {
         let m = &mut c.model;
-        macro_rules! set { ($dst:expr, $src:expr) => { if let Some(v) = $src { $dst = v.into(); } }; }
+        macro_rules! set {
+            ($dst:expr, $src:expr) => {
+                if let Some(v) = $src {
+                    $dst = v.into();
+                }
+            };
+        }
         set!(m.method, self.method);
         set!(m.arch, self.arch);
         set!(m.stem, self.stem);
@@ -196,7 +202,8 @@ impl Args {
 
 fn run(args: Args) -> Result<()> {
     let device = args.common.device.resolve()?;
-    let opts = RunOptions { device, log_every: args.log_every, max_steps: args.max_steps, resume: args.resume.is_some() };
+    let opts =
+        RunOptions { device, log_every: args.log_every, max_steps: args.max_steps, resume: args.resume.is_some() };
     let (cfg, run_dir) = if let Some(dir) = &args.resume {
         let run_dir = RunDir::open(dir)?;
         let stored: PretrainConfig = serde_json::from_value(run_dir.read_config()?["pretrain"].clone())
@@ -230,7 +237,10 @@ fn run(args: Args) -> Result<()> {
         let out = args.out.as_ref().expect("clap requires --out without --resume");
         let run_dir = RunDir::create(out)?;
         if run_dir.config_path().exists() {
-            anyhow::bail!("{} already holds a run; continue it with --resume {0}, or choose another --out", out.display());
+            anyhow::bail!(
+                "{} already holds a run; continue it with --resume {0}, or choose another --out",
+                out.display()
+            );
         }
         run_dir.write_config(&serde_json::json!({ "pretrain": cfg }))?;
         (cfg, run_dir)

@@ -23,8 +23,27 @@ fn views(dir: &Path) -> PathBuf {
 }
 
 const TINY: &[&str] = &[
-    "--preset", "small-lewelb", "--width", "4", "--proj-dim", "16", "--hidden-dim", "32", "--batch-size", "4",
-    "--epochs", "3", "--warmup-epochs", "1", "--lr", "0.1", "--log-every", "1", "--device", "cpu", "--quiet",
+    "--preset",
+    "small-lewelb",
+    "--width",
+    "4",
+    "--proj-dim",
+    "16",
+    "--hidden-dim",
+    "32",
+    "--batch-size",
+    "4",
+    "--epochs",
+    "3",
+    "--warmup-epochs",
+    "1",
+    "--lr",
+    "0.1",
+    "--log-every",
+    "1",
+    "--device",
+    "cpu",
+    "--quiet",
 ];
 
 fn pretrain(args: &[&str]) -> Output {
@@ -43,7 +62,12 @@ fn steps(events: &[Value]) -> Vec<(u64, String)> {
     events
         .iter()
         .filter(|e| e["event"] == "step")
-        .map(|e| (e["step"].as_u64().unwrap(), format!("{} {} {} {}", e["loss"], e["loss_global"], e["loss_aligned"], e["lr"])))
+        .map(|e| {
+            (
+                e["step"].as_u64().unwrap(),
+                format!("{} {} {} {}", e["loss"], e["loss_global"], e["loss_aligned"], e["lr"]),
+            )
+        })
         .collect()
 }
 
@@ -74,7 +98,18 @@ fn same_seed_same_losses_and_a_complete_run_folder() {
         assert_eq!(&keys[..3], &["v", "tool", "event"]);
     }
     let step = a.iter().find(|e| e["event"] == "step").unwrap();
-    for k in ["step", "epoch", "loss", "loss_global", "loss_aligned", "lr", "ema_momentum", "images_per_s", "data_wait_frac", "collapse_std"] {
+    for k in [
+        "step",
+        "epoch",
+        "loss",
+        "loss_global",
+        "loss_aligned",
+        "lr",
+        "ema_momentum",
+        "images_per_s",
+        "data_wait_frac",
+        "collapse_std",
+    ] {
         assert!(step.get(k).is_some(), "step event lacks {k}");
     }
     let run = d.join("a");
@@ -155,13 +190,22 @@ fn bad_inputs_fail_clearly() {
     let init = d.join("init.safetensors");
     lewel::fsio::write_bytes_atomic(
         &init,
-        &lewel::ckpt::to_safetensors_bytes(&[("bogus.weight".into(), tch::Tensor::zeros([2], (tch::Kind::Float, tch::Device::Cpu)))], None).unwrap(),
+        &lewel::ckpt::to_safetensors_bytes(
+            &[("bogus.weight".into(), tch::Tensor::zeros([2], (tch::Kind::Float, tch::Device::Cpu)))],
+            None,
+        )
+        .unwrap(),
     )
     .unwrap();
     let o = tiny(&v, &d.join("r3"), &["--init", init.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("missing keys") && err.contains("online_net.backbone.conv1.weight") && err.contains("bogus.weight"), "{err}");
+    assert!(
+        err.contains("missing keys")
+            && err.contains("online_net.backbone.conv1.weight")
+            && err.contains("bogus.weight"),
+        "{err}"
+    );
     // A resume that changes the configuration.
     ok(&tiny(&v, &d.join("r4"), &["--max-steps", "1"]));
     let o = pretrain(&["--resume", d.join("r4").to_str().unwrap(), "--lr", "0.5"]);
@@ -178,7 +222,11 @@ fn bad_inputs_fail_clearly() {
 fn divergence_exits_3_and_keeps_the_last_checkpoint() {
     let d = scratch("diverge");
     let v = views(&d);
-    let o = tiny(&v, &d.join("run"), &["--optimizer", "sgd", "--lr", "1e30", "--warmup-epochs", "0", "--ckpt-every-steps", "1"]);
+    let o = tiny(
+        &v,
+        &d.join("run"),
+        &["--optimizer", "sgd", "--lr", "1e30", "--warmup-epochs", "0", "--ckpt-every-steps", "1"],
+    );
     assert_eq!(o.status.code(), Some(3), "stderr: {}", String::from_utf8_lossy(&o.stderr));
     let ev = json_lines(&o.stdout);
     let err = ev.iter().find(|e| e["event"] == "error").expect("an error event");

@@ -1,0 +1,786 @@
+//! The linear probe: a linear classifier trained on frozen features, scored on a held-out split.
+//!
+//! Ports the protocol of the official `main_lincls.py` (`reference/lewel-official.md` §6.1) to cached
+//! features: an `fc` layer (weights N(0, 0.01), bias 0), softmax cross-entropy, no augmentation (the
+//! features are fixed), the learning rate set once at the start of each epoch, evaluation every
+//! `eval_every` epochs and at the last one. Protocols come as presets ([`Preset`]) whose every value
+//! can be overridden.
+//!
+//! The result has two accuracies: the **final** one (after the last epoch: the honest number) and the
+//! **best** over the evaluated epochs, which is what the official script prints as `Best Acc@1`. The
+//! best is chosen on the split it is scored on, so it is optimistic; the result says so
+//! (`best_is_optimistic: true`).
+//!
+//! Determinism: the weights are drawn from a generator keyed by the seed, and each epoch's order from
+//! (seed, epoch), with no libtorch RNG involved; the same seed gives the same numbers on CPU
+//! with the same number of threads (float sums depend on how a reduction is split).
+
+use std::f64::consts::PI;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Instant;
+
+use anyhow::Result;
+use serde::Serialize;
+use tch::{Device, Kind, Tensor};
+
+use super::features::{FeatureSource, ProbeData};
+use super::metrics::{true_class_rank, TopK};
+use super::{device_name, join, write_result_json, Progress};
+use crate::events::{Event, EventSink};
+use crate::LewelError;
+
+const TOOL: &str = "linear-probe";
+
+/// Rows per forward pass when scoring the val split.
+const EVAL_BATCH: i64 = 4096;
+
+/// A named protocol; [`Preset::protocol`] gives its values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Preset {
+    /// For small data sets (the default): the `lewel-b` recipe with a smaller batch (64), so that a few
+    /// thousand items still give many steps per epoch, a matching lr (0.1, the linear scaling of 0.4 at
+    /// 256) and 30 epochs with the decays at 60% and 80% (epochs 18 and 24).
+    Small,
+    /// The paper's LEWEL_B protocol, from EMAN and the official scripts: SGD momentum 0.9, lr 0.4,
+    /// batch 256, 50 epochs, lr x0.1 at epochs 30 and 40, weight decay 0, evaluation every 5 epochs.
+    LewelB,
+    /// The paper's LEWEL_M protocol: LARS (eta 0.001), lr 3.2, batch 4096, 90 epochs, cosine,
+    /// weight decay 0, evaluation every 5 epochs.
+    LewelM,
+}
+
+impl FromStr for Preset {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "small" => Ok(Preset::Small),
+            "lewel-b" => Ok(Preset::LewelB),
+            "lewel-m" => Ok(Preset::LewelM),
+            _ => Err(format!("unknown preset {s:?}; expected small, lewel-b or lewel-m")),
+        }
+    }
+}
+
+impl std::fmt::Display for Preset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Preset::Small => "small",
+            Preset::LewelB => "lewel-b",
+            Preset::LewelM => "lewel-m",
+        })
+    }
+}
+
+/// The optimizer of the probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// Heavy-ball SGD with `torch.optim.SGD` semantics (`buf = m*buf + g + wd*w; w -= lr*buf`).
+    Sgd,
+    /// LARS in the official LEWEL form (see [`lars_step`]); the bias is excluded from it and from wd.
+    Lars,
+}
+
+impl FromStr for OptimizerKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "sgd" => Ok(OptimizerKind::Sgd),
+            "lars" => Ok(OptimizerKind::Lars),
+            _ => Err(format!("unknown optimizer {s:?}; expected sgd or lars")),
+        }
+    }
+}
+
+/// How the learning rate changes over the epochs (set once at the start of each epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// `lr * decay^(number of milestones <= epoch)`, epochs counted from 0 (`main_lincls.py`).
+    Step,
+    /// `lr * 0.5 * (1 + cos(pi * epoch / epochs))`, epochs counted from 0: the first epoch uses the full
+    /// lr and the last one a small non-zero lr (`main_lincls.py --cos`).
+    Cosine,
+}
+
+impl FromStr for Schedule {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "step" => Ok(Schedule::Step),
+            "cosine" => Ok(Schedule::Cosine),
+            _ => Err(format!("unknown schedule {s:?}; expected step or cosine")),
+        }
+    }
+}
+
+/// Every value of a probe protocol, resolved (a preset plus the user's overrides).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Protocol {
+    pub preset: Preset,
+    pub optimizer: OptimizerKind,
+    /// Base learning rate (absolute, not scaled by the batch size).
+    pub lr: f64,
+    /// Momentum of SGD and LARS (0.9 in every preset).
+    pub momentum: f64,
+    /// L2 weight decay (0 in every preset, as in the paper).
+    pub weight_decay: f64,
+    /// Items per step; the last partial batch of an epoch is kept.
+    pub batch_size: usize,
+    pub epochs: usize,
+    pub schedule: Schedule,
+    /// Epochs (counted from 0) at whose start the step schedule multiplies the lr by `lr_decay`.
+    pub milestones: Vec<usize>,
+    /// The step schedule's factor (0.1).
+    pub lr_decay: f64,
+    /// LARS trust coefficient eta (0.001, as in the official LARS).
+    pub lars_eta: f64,
+    /// Evaluate on the val split every this many epochs (and always after the last).
+    pub eval_every: usize,
+    /// Standardise each feature with the mean and std of the training split (off in every preset: the
+    /// paper's probe sees the raw pooled features).
+    pub normalize: bool,
+}
+
+impl Preset {
+    /// The protocol of this preset.
+    pub fn protocol(self) -> Protocol {
+        let lewel_b = Protocol {
+            preset: Preset::LewelB,
+            optimizer: OptimizerKind::Sgd,
+            lr: 0.4,
+            momentum: 0.9,
+            weight_decay: 0.0,
+            batch_size: 256,
+            epochs: 50,
+            schedule: Schedule::Step,
+            milestones: vec![30, 40],
+            lr_decay: 0.1,
+            lars_eta: 0.001,
+            eval_every: 5,
+            normalize: false,
+        };
+        match self {
+            Preset::LewelB => lewel_b,
+            Preset::Small => Protocol {
+                preset: Preset::Small,
+                lr: 0.1,
+                batch_size: 64,
+                epochs: 30,
+                milestones: vec![18, 24],
+                eval_every: 1,
+                ..lewel_b
+            },
+            Preset::LewelM => Protocol {
+                preset: Preset::LewelM,
+                optimizer: OptimizerKind::Lars,
+                lr: 3.2,
+                batch_size: 4096,
+                epochs: 90,
+                schedule: Schedule::Cosine,
+                milestones: vec![],
+                ..lewel_b
+            },
+        }
+    }
+}
+
+impl Protocol {
+    /// Checks the values clap cannot (exit 2 on failure).
+    pub fn validate(&self) -> Result<(), LewelError> {
+        let bad = |m: String| Err(LewelError::Usage(m));
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad(format!("--lr {}: must be a finite number > 0", self.lr));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad(format!("--wd {}: must be a finite number >= 0", self.weight_decay));
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            return bad(format!("momentum {}: must be in [0, 1)", self.momentum));
+        }
+        if self.batch_size == 0 || self.epochs == 0 || self.eval_every == 0 {
+            return bad("--batch-size, --epochs and --eval-every must be >= 1".into());
+        }
+        if self.milestones.windows(2).any(|w| w[0] >= w[1]) {
+            return bad(format!("--milestones {}: must be strictly increasing", join(&self.milestones)));
+        }
+        Ok(())
+    }
+
+    /// The learning rate of epoch `epoch` (counted from 0).
+    pub fn lr_at(&self, epoch: usize) -> f64 {
+        match self.schedule {
+            Schedule::Step => {
+                let passed = self.milestones.iter().filter(|&&m| epoch >= m).count();
+                self.lr * self.lr_decay.powi(passed as i32)
+            }
+            Schedule::Cosine => self.lr * 0.5 * (1.0 + (PI * epoch as f64 / self.epochs as f64).cos()),
+        }
+    }
+}
+
+/// A linear-probe run: features, protocol, seed, device, result file.
+#[derive(Debug, Clone, Serialize)]
+pub struct LinearConfig {
+    pub train: FeatureSource,
+    pub val: FeatureSource,
+    pub protocol: Protocol,
+    pub seed: u64,
+    #[serde(serialize_with = "ser_device")]
+    pub device: Device,
+    /// Where to write the whole result as JSON (atomically), if anywhere.
+    pub out: Option<PathBuf>,
+}
+
+fn ser_device<S: serde::Serializer>(d: &Device, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&device_name(*d))
+}
+
+/// One training epoch, as in the `epoch` event.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct EpochRecord {
+    /// Epochs completed (1..=epochs).
+    pub epoch: usize,
+    pub lr: f64,
+    /// Mean cross-entropy over the epoch's training items.
+    pub loss: f64,
+    /// Top-1 on the training items, measured on the fly during the epoch.
+    pub train_top1_pct: f64,
+}
+
+/// One evaluation on the val split, as in the `eval` event.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct EvalRecord {
+    pub epoch: usize,
+    pub top1_pct: f64,
+    pub top5_pct: f64,
+    pub loss: f64,
+}
+
+/// The whole result of [`run`], as written by `--out`.
+#[derive(Debug, Clone, Serialize)]
+pub struct LinearReport {
+    pub tool: &'static str,
+    pub git_revision: &'static str,
+    pub config: LinearConfig,
+    pub n_train: usize,
+    pub n_val: usize,
+    pub dim: usize,
+    pub classes: usize,
+    pub epochs: Vec<EpochRecord>,
+    pub evals: Vec<EvalRecord>,
+    /// After the last epoch: the number to report.
+    pub final_top1_pct: f64,
+    pub final_top5_pct: f64,
+    /// The evaluated epoch with the highest top-1 (the earliest on ties), as the official script reports.
+    pub best_top1_pct: f64,
+    pub best_top5_pct: f64,
+    pub best_epoch: usize,
+    /// Always true: the best epoch is chosen on the val split itself.
+    pub best_is_optimistic: bool,
+    pub elapsed_s: f64,
+}
+
+/// Loads the features, trains and evaluates the probe, emits `start`, `epoch`, `eval`, `end`, writes `--out`.
+pub fn run(cfg: &LinearConfig, sink: &mut dyn EventSink, progress: Progress) -> Result<LinearReport> {
+    cfg.protocol.validate()?;
+    let t0 = Instant::now();
+    let data = ProbeData::load(&cfg.train, &cfg.val)?;
+    train_and_evaluate(cfg, &data, sink, progress, t0)
+}
+
+/// [`run`] on features already in memory (`t0`: when the run started, for `elapsed_s`).
+pub fn train_and_evaluate(
+    cfg: &LinearConfig,
+    data: &ProbeData,
+    sink: &mut dyn EventSink,
+    progress: Progress,
+    t0: Instant,
+) -> Result<LinearReport> {
+    let p = &cfg.protocol;
+    p.validate()?;
+    let device = cfg.device;
+    let classes = data.num_classes();
+    let (n_train, n_val, dim) = (data.train.n, data.val.n, data.train.dim);
+    let protocol_json = serde_json::to_value(p)?;
+    let protocol_fields = protocol_json.as_object().expect("a protocol serialises to an object");
+    sink.emit(
+        &Event::new(TOOL, "start")
+            .str("train_features", data.train.features_path.display().to_string())
+            .str("train_labels", data.train.labels_path.display().to_string())
+            .str("val_features", data.val.features_path.display().to_string())
+            .str("val_labels", data.val.labels_path.display().to_string())
+            .int("n_train", n_train as i64)
+            .int("n_val", n_val as i64)
+            .int("dim", dim as i64)
+            .int("classes", classes as i64)
+            .merge(protocol_fields)
+            .str("milestones", join(&p.milestones))
+            .int("seed", cfg.seed as i64)
+            .str("device", device_name(device))
+            .str("git_revision", crate::GIT_REVISION),
+    )?;
+    if let Some(m) = p.milestones.iter().find(|&&m| m >= p.epochs && p.schedule == Schedule::Step) {
+        sink.emit(&Event::new(TOOL, "warn").str(
+            "message",
+            format!("milestone {m} is not below --epochs {}; it never applies (set --milestones)", p.epochs),
+        ))?;
+    }
+    let unseen = data.val_items_with_unseen_class();
+    if unseen > 0 {
+        sink.emit(
+            &Event::new(TOOL, "warn")
+                .str("message", "some val items have a class absent from the training set; they count as wrong")
+                .int("count", unseen as i64),
+        )?;
+    }
+
+    let mut train_x = data.train.features_tensor(device);
+    let mut val_x = data.val.features_tensor(device);
+    if p.normalize {
+        // Statistics of the training split only, applied to both.
+        let mean = train_x.mean_dim([0i64].as_slice(), true, Kind::Float); // [1, C]
+        let std = train_x.std_dim([0i64].as_slice(), false, true); // [1, C]
+        let std = std.where_self(&std.gt(1e-6), &std.ones_like()); // constant features stay as they are
+        train_x = (&train_x - &mean) / &std;
+        val_x = (&val_x - &mean) / &std;
+    }
+    let train_y = data.train.labels_tensor(device);
+    let val_y = data.val.labels_tensor(device);
+
+    // fc: weight [classes, C] ~ N(0, 0.01), bias [classes] = 0.
+    let weight = Tensor::from_slice(&normal_init(cfg.seed, classes * dim, 0.01))
+        .view([classes as i64, dim as i64])
+        .to_device(device)
+        .set_requires_grad(true);
+    let bias = Tensor::zeros([classes as i64], (Kind::Float, device)).set_requires_grad(true);
+    let mut opt = ProbeOptimizer::new(p, &[(&weight, false), (&bias, true)]);
+
+    let batch = p.batch_size.min(n_train);
+    let steps_per_epoch = n_train.div_ceil(batch);
+    let total_steps = (steps_per_epoch * p.epochs) as u64;
+    let mut epochs = Vec::new();
+    let mut evals: Vec<EvalRecord> = Vec::new();
+    let mut step = 0u64;
+    for epoch in 0..p.epochs {
+        let lr = p.lr_at(epoch);
+        let order = permutation(cfg.seed, epoch as u64, n_train);
+        let mut loss_sum = Tensor::zeros([], (Kind::Double, device));
+        let mut correct = Tensor::zeros([], (Kind::Int64, device));
+        for chunk in order.chunks(batch) {
+            let idx = Tensor::from_slice(chunk).to_device(device);
+            let x = train_x.index_select(0, &idx); // [b, C]
+            let y = train_y.index_select(0, &idx); // [b]
+            let logits = x.linear(&weight, Some(&bias)); // [b, classes]
+            let loss = logits.cross_entropy_for_logits(&y);
+            opt.zero_grad();
+            loss.backward();
+            tch::no_grad(|| {
+                opt.step(lr);
+                loss_sum += loss.detach().to_kind(Kind::Double) * chunk.len() as f64;
+                correct += true_class_rank(&logits.detach(), &y).lt(1).sum(Kind::Int64);
+            });
+            step += 1;
+            progress(step, total_steps);
+        }
+        let loss = loss_sum.double_value(&[]) / n_train as f64;
+        if !loss.is_finite() {
+            return Err(anyhow::Error::from(LewelError::Diverged { step, loss }).context(format!(
+                "the loss of epoch {} is not finite; lower --lr, or pass --normalize for features of large \
+                 magnitude",
+                epoch + 1
+            )));
+        }
+        let rec = EpochRecord {
+            epoch: epoch + 1,
+            lr,
+            loss,
+            train_top1_pct: 100.0 * correct.int64_value(&[]) as f64 / n_train as f64,
+        };
+        sink.emit(
+            &Event::new(TOOL, "epoch")
+                .int("epoch", rec.epoch as i64)
+                .int("step", step as i64)
+                .num("lr", rec.lr)
+                .num("loss", rec.loss)
+                .num("train_top1_pct", rec.train_top1_pct)
+                .num("elapsed_s", t0.elapsed().as_secs_f64()),
+        )?;
+        epochs.push(rec);
+        if (epoch + 1) % p.eval_every == 0 || epoch + 1 == p.epochs {
+            let (acc, loss) = tch::no_grad(|| score(&weight, &bias, &val_x, &val_y));
+            let ev = EvalRecord { epoch: epoch + 1, top1_pct: acc.top1_pct(), top5_pct: acc.top5_pct(), loss };
+            sink.emit(
+                &Event::new(TOOL, "eval")
+                    .int("epoch", ev.epoch as i64)
+                    .num("top1_pct", ev.top1_pct)
+                    .num("top5_pct", ev.top5_pct)
+                    .num("loss", ev.loss)
+                    .int("n_val", n_val as i64),
+            )?;
+            evals.push(ev);
+        }
+    }
+
+    let last = *evals.last().expect("the last epoch is always evaluated");
+    let mut best = evals[0];
+    for e in &evals[1..] {
+        if e.top1_pct > best.top1_pct {
+            best = *e;
+        }
+    }
+    let elapsed_s = t0.elapsed().as_secs_f64();
+    sink.emit(
+        &Event::new(TOOL, "end")
+            .num("final_top1_pct", last.top1_pct)
+            .num("final_top5_pct", last.top5_pct)
+            .int("final_epoch", last.epoch as i64)
+            .num("best_top1_pct", best.top1_pct)
+            .num("best_top5_pct", best.top5_pct)
+            .int("best_epoch", best.epoch as i64)
+            .bool("best_is_optimistic", true)
+            .str("best_chosen_on", "val")
+            .int("n_val", n_val as i64)
+            .num("elapsed_s", elapsed_s)
+            .merge(protocol_fields)
+            .str("milestones", join(&p.milestones))
+            .int("seed", cfg.seed as i64),
+    )?;
+    let report = LinearReport {
+        tool: TOOL,
+        git_revision: crate::GIT_REVISION,
+        config: cfg.clone(),
+        n_train,
+        n_val,
+        dim,
+        classes,
+        epochs,
+        evals,
+        final_top1_pct: last.top1_pct,
+        final_top5_pct: last.top5_pct,
+        best_top1_pct: best.top1_pct,
+        best_top5_pct: best.top5_pct,
+        best_epoch: best.epoch,
+        best_is_optimistic: true,
+        elapsed_s,
+    };
+    if let Some(out) = &cfg.out {
+        write_result_json(out, &report)?;
+    }
+    Ok(report)
+}
+
+/// Top-1/top-5 and mean cross-entropy of the classifier on `(x, y)`, in chunks of [`EVAL_BATCH`] rows.
+fn score(weight: &Tensor, bias: &Tensor, x: &Tensor, y: &Tensor) -> (TopK, f64) {
+    let n = x.size()[0];
+    let mut acc = TopK::default();
+    let mut loss_sum = 0.0;
+    let mut start = 0;
+    while start < n {
+        let b = EVAL_BATCH.min(n - start);
+        let logits = x.narrow(0, start, b).linear(weight, Some(bias)); // [b, classes]
+        let yb = y.narrow(0, start, b);
+        loss_sum += logits.cross_entropy_for_logits(&yb).double_value(&[]) * b as f64;
+        acc.add_ranks(&true_class_rank(&logits, &yb));
+        start += b;
+    }
+    (acc, loss_sum / n as f64)
+}
+
+/// The probe's optimizer: a momentum buffer per parameter and the SGD or LARS update.
+///
+/// NOTE: a small local optimizer, so that the probe's update is exactly the official one and testable
+/// by hand; it can give way to `lewel::optim` once that module has SGD and LARS.
+struct ProbeOptimizer {
+    kind: OptimizerKind,
+    momentum: f64,
+    weight_decay: f64,
+    eta: f64,
+    /// (parameter, momentum buffer, excluded from LARS and weight decay)
+    params: Vec<(Tensor, Tensor, bool)>,
+}
+
+impl ProbeOptimizer {
+    fn new(p: &Protocol, params: &[(&Tensor, bool)]) -> Self {
+        ProbeOptimizer {
+            kind: p.optimizer,
+            momentum: p.momentum,
+            weight_decay: p.weight_decay,
+            eta: p.lars_eta,
+            params: params.iter().map(|(t, ex)| (t.shallow_clone(), t.zeros_like().detach(), *ex)).collect(),
+        }
+    }
+
+    fn zero_grad(&mut self) {
+        for (t, _, _) in &mut self.params {
+            t.zero_grad();
+        }
+    }
+
+    /// One update with learning rate `lr` (call under `no_grad`).
+    fn step(&mut self, lr: f64) {
+        for (w, buf, exclude) in &mut self.params {
+            let g = w.grad();
+            if !g.defined() {
+                continue;
+            }
+            match self.kind {
+                // torch.optim.SGD applies the weight decay to every parameter; the official probe does too.
+                OptimizerKind::Sgd => sgd_step(w, &g, buf, lr, self.momentum, self.weight_decay),
+                OptimizerKind::Lars => {
+                    let (wd, eta) = if *exclude { (0.0, None) } else { (self.weight_decay, Some(self.eta)) };
+                    lars_step(w, &g, buf, lr, self.momentum, wd, eta)
+                }
+            }
+        }
+    }
+}
+
+/// One `torch.optim.SGD` step (no dampening, no Nesterov), in place:
+/// `d = g + wd*w; buf = m*buf + d; w -= lr*buf` (a zero `buf` makes the first step `buf = d`).
+pub fn sgd_step(w: &mut Tensor, g: &Tensor, buf: &mut Tensor, lr: f64, momentum: f64, wd: f64) {
+    let d = if wd != 0.0 { g + &*w * wd } else { g.shallow_clone() };
+    let _ = buf.g_mul_scalar_(momentum);
+    let _ = buf.g_add_(&d);
+    let _ = w.g_sub_(&(&*buf * lr));
+}
+
+/// One LARS step in the official LEWEL form (`utils/LARS.py`, `reference/lewel-official.md` §5.1), in place:
+///
+/// ```text
+/// local_lr = eta * ||w|| / (||g|| + wd * ||w||)     (1 for excluded parameters: eta = None)
+/// d   = (g + wd * w) * local_lr * lr                 (the lr sits inside the momentum buffer)
+/// buf = m * buf + d
+/// w  -= buf
+/// ```
+///
+/// NOTE(ref): where `||w||` or `||g||` is 0 the official code divides to 0 or NaN; here the trust ratio
+/// is 1 then (a zero gradient makes no step either way).
+pub fn lars_step(w: &mut Tensor, g: &Tensor, buf: &mut Tensor, lr: f64, momentum: f64, wd: f64, eta: Option<f64>) {
+    let d = if wd != 0.0 { g + &*w * wd } else { g.shallow_clone() };
+    let local_lr = match eta {
+        None => 1.0,
+        Some(eta) => {
+            let w_norm = w.norm().double_value(&[]);
+            let g_norm = g.norm().double_value(&[]);
+            if w_norm > 0.0 && g_norm > 0.0 {
+                eta * w_norm / (g_norm + wd * w_norm)
+            } else {
+                1.0
+            }
+        }
+    };
+    let _ = buf.g_mul_scalar_(momentum);
+    let _ = buf.g_add_(&(d * (local_lr * lr)));
+    let _ = w.g_sub_(buf);
+}
+
+/// SplitMix64: a small, well-mixed generator for seeds, shuffles and initial weights.
+fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The order of epoch `epoch`: a Fisher-Yates shuffle of `0..n` from a generator keyed by (seed, epoch).
+pub fn permutation(seed: u64, epoch: u64, n: usize) -> Vec<i64> {
+    let mut state = seed ^ 0x6C69_6E65_6172_0000; // "linear"
+    let mut state = splitmix64(&mut state) ^ epoch.wrapping_mul(0xD1B5_4A32_D192_ED03);
+    let mut order: Vec<i64> = (0..n as i64).collect();
+    for i in (1..n).rev() {
+        let j = ((splitmix64(&mut state) as u128 * (i as u128 + 1)) >> 64) as usize;
+        order.swap(i, j);
+    }
+    order
+}
+
+/// `len` draws from N(0, std^2) (Box-Muller) from a generator keyed by the seed.
+fn normal_init(seed: u64, len: usize, std: f64) -> Vec<f32> {
+    let mut state = seed ^ 0x6663_5f69_6e69_7400; // "fc_init"
+    let mut uniform = || ((splitmix64(&mut state) >> 11) as f64 + 0.5) / (1u64 << 53) as f64; // (0, 1)
+    let mut out = Vec::with_capacity(len + 1);
+    while out.len() < len {
+        let (u1, u2) = (uniform(), uniform());
+        let r = (-2.0 * u1.ln()).sqrt() * std;
+        out.push((r * (2.0 * PI * u2).cos()) as f32);
+        out.push((r * (2.0 * PI * u2).sin()) as f32);
+    }
+    out.truncate(len);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eval::features::FeatureSet;
+    use crate::events::MemorySink;
+
+    fn cfg(protocol: Protocol) -> LinearConfig {
+        LinearConfig {
+            train: FeatureSource::npy("train.npy"),
+            val: FeatureSource::npy("val.npy"),
+            protocol,
+            seed: 7,
+            device: Device::Cpu,
+            out: None,
+        }
+    }
+
+    /// Four classes in 6-D, linearly separable with a margin: class c has a large coordinate c.
+    fn separable(n: usize, salt: u64) -> FeatureSet {
+        let mut s = salt;
+        let mut data = Vec::new();
+        let mut labels = Vec::new();
+        for i in 0..n {
+            let c = i % 4;
+            for d in 0..6 {
+                let noise = (splitmix64(&mut s) >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+                data.push(if d == c { 2.0 } else { 0.0 } + 0.5 * noise);
+            }
+            labels.push(c as i64);
+        }
+        FeatureSet::from_parts(n, 6, data, labels).unwrap()
+    }
+
+    fn quick() -> Protocol {
+        Protocol { epochs: 8, batch_size: 16, eval_every: 4, milestones: vec![5, 7], ..Preset::Small.protocol() }
+    }
+
+    #[test]
+    fn learns_a_separable_set_perfectly() {
+        let data = ProbeData::new(separable(96, 1), separable(40, 2)).unwrap();
+        // LARS moves each weight by about lr * eta * ||w|| per step: it needs more (full-batch) steps.
+        let lars = Protocol {
+            optimizer: OptimizerKind::Lars,
+            lr: 3.2,
+            batch_size: 96,
+            epochs: 100,
+            eval_every: 50,
+            schedule: Schedule::Cosine,
+            ..quick()
+        };
+        for protocol in [quick(), lars] {
+            let mut sink = MemorySink::default();
+            let r =
+                train_and_evaluate(&cfg(protocol.clone()), &data, &mut sink, &mut |_, _| {}, Instant::now()).unwrap();
+            assert_eq!(r.final_top1_pct, 100.0, "{protocol:?}: {:?}", r.evals);
+            assert_eq!(r.final_top5_pct, 100.0);
+            assert!(r.epochs.last().unwrap().loss < r.epochs[0].loss, "{:?}", r.epochs);
+            if protocol.optimizer == OptimizerKind::Lars {
+                continue;
+            }
+            let kinds: Vec<String> = sink.events.lock().unwrap().iter().map(|e| e.kind().to_string()).collect();
+            let want: Vec<&str> = [
+                "start", "epoch", "epoch", "epoch", "epoch", "eval", "epoch", "epoch", "epoch", "epoch", "eval", "end",
+            ]
+            .to_vec();
+            assert_eq!(kinds, want);
+        }
+    }
+
+    #[test]
+    fn same_seed_same_numbers() {
+        let data = ProbeData::new(separable(50, 3), separable(20, 4)).unwrap();
+        let protocol = Protocol { epochs: 3, batch_size: 8, lr: 0.5, ..quick() };
+        let go = |seed| {
+            let c = LinearConfig { seed, ..cfg(protocol.clone()) };
+            let r = train_and_evaluate(&c, &data, &mut MemorySink::default(), &mut |_, _| {}, Instant::now()).unwrap();
+            (r.epochs, r.evals)
+        };
+        assert_eq!(go(1), go(1));
+        assert_ne!(go(1).0, go(2).0);
+    }
+
+    #[test]
+    fn step_schedule_and_cosine_endpoints() {
+        let b = Preset::LewelB.protocol();
+        assert_eq!(b.lr_at(0), 0.4);
+        assert_eq!(b.lr_at(29), 0.4);
+        assert!((b.lr_at(30) - 0.04).abs() < 1e-12);
+        assert!((b.lr_at(39) - 0.04).abs() < 1e-12);
+        assert!((b.lr_at(40) - 0.004).abs() < 1e-12);
+        assert!((b.lr_at(49) - 0.004).abs() < 1e-12);
+        let m = Preset::LewelM.protocol();
+        assert_eq!(m.lr_at(0), 3.2);
+        assert!((m.lr_at(45) - 1.6).abs() < 1e-12);
+        let last = m.lr_at(89);
+        assert!(last > 0.0 && (last - 3.2 * 0.5 * (1.0 + (PI * 89.0 / 90.0).cos())).abs() < 1e-12);
+        assert!(last < 0.001);
+    }
+
+    #[test]
+    fn sgd_step_by_hand() {
+        let mut w = Tensor::from_slice(&[1.0f64, -2.0]);
+        let mut buf = w.zeros_like();
+        let g = Tensor::from_slice(&[0.5f64, 0.25]);
+        // step 1: d = g + 0.1 w = [0.6, 0.05]; buf = d; w = w - 0.1 buf = [0.94, -2.005]
+        sgd_step(&mut w, &g, &mut buf, 0.1, 0.9, 0.1);
+        assert_eq!(Vec::<f64>::try_from(&w).unwrap(), vec![1.0 - 0.1 * 0.6, -2.0 - 0.1 * 0.05]);
+        // step 2 (wd 0): buf = 0.9 [0.6, 0.05] + [0.5, 0.25] = [1.04, 0.295]
+        sgd_step(&mut w, &g, &mut buf, 0.1, 0.9, 0.0);
+        let want = [0.94 - 0.1 * (0.9 * 0.6 + 0.5), -2.005 - 0.1 * (0.9 * 0.05 + 0.25)];
+        let got = Vec::<f64>::try_from(&w).unwrap();
+        assert!((got[0] - want[0]).abs() < 1e-12 && (got[1] - want[1]).abs() < 1e-12, "{got:?}");
+    }
+
+    #[test]
+    fn lars_step_by_hand() {
+        // w = [3, 4] (||w|| = 5), g = [0, 2] (||g|| = 2), wd = 0.1, eta = 0.001, lr = 2, m = 0.9
+        let mut w = Tensor::from_slice(&[3.0f64, 4.0]);
+        let mut buf = w.zeros_like();
+        let g = Tensor::from_slice(&[0.0f64, 2.0]);
+        lars_step(&mut w, &g, &mut buf, 2.0, 0.9, 0.1, Some(0.001));
+        let local = 0.001 * 5.0 / (2.0 + 0.1 * 5.0); // 0.002
+        let d = [(0.0 + 0.1 * 3.0) * local * 2.0, (2.0 + 0.1 * 4.0) * local * 2.0];
+        let got = Vec::<f64>::try_from(&w).unwrap();
+        assert!((got[0] - (3.0 - d[0])).abs() < 1e-15 && (got[1] - (4.0 - d[1])).abs() < 1e-15, "{got:?}");
+        // second step: buf = 0.9 d + d2 with the new norms
+        let w1 = got.clone();
+        lars_step(&mut w, &g, &mut buf, 2.0, 0.9, 0.1, Some(0.001));
+        let wn = (w1[0] * w1[0] + w1[1] * w1[1]).sqrt();
+        let local2 = 0.001 * wn / (2.0 + 0.1 * wn);
+        let d2 = [(0.1 * w1[0]) * local2 * 2.0, (2.0 + 0.1 * w1[1]) * local2 * 2.0];
+        let got2 = Vec::<f64>::try_from(&w).unwrap();
+        for i in 0..2 {
+            assert!((got2[i] - (w1[i] - (0.9 * d[i] + d2[i]))).abs() < 1e-15, "{got2:?}");
+        }
+        // excluded parameter (the bias): plain momentum step with lr inside, no wd
+        let mut b = Tensor::from_slice(&[1.0f64]);
+        let mut bb = b.zeros_like();
+        lars_step(&mut b, &Tensor::from_slice(&[0.5f64]), &mut bb, 2.0, 0.9, 0.0, None);
+        assert_eq!(b.double_value(&[0]), 1.0 - 0.5 * 2.0);
+    }
+
+    #[test]
+    fn permutations_are_keyed_by_seed_and_epoch() {
+        let p = permutation(1, 0, 100);
+        let mut sorted = p.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..100).collect::<Vec<i64>>());
+        assert_eq!(p, permutation(1, 0, 100));
+        assert_ne!(p, permutation(1, 1, 100));
+        assert_ne!(p, permutation(2, 0, 100));
+        let w = normal_init(5, 10_001, 0.01);
+        let mean = w.iter().map(|&x| x as f64).sum::<f64>() / w.len() as f64;
+        let sd = (w.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / w.len() as f64).sqrt();
+        assert!(mean.abs() < 1e-3 && (sd - 0.01).abs() < 5e-4, "{mean} {sd}");
+    }
+
+    #[test]
+    fn bad_protocols_are_usage_errors() {
+        for p in [
+            Protocol { lr: 0.0, ..quick() },
+            Protocol { epochs: 0, ..quick() },
+            Protocol { milestones: vec![5, 3], ..quick() },
+            Protocol { weight_decay: -1.0, ..quick() },
+        ] {
+            assert!(matches!(p.validate(), Err(LewelError::Usage(_))), "{p:?}");
+        }
+        assert_eq!("lewel-m".parse::<Preset>(), Ok(Preset::LewelM));
+        assert!("x".parse::<Preset>().is_err());
+    }
+}
