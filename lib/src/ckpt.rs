@@ -24,6 +24,8 @@ use sha2::{Digest, Sha256};
 use tch::{Kind, Tensor};
 
 use crate::fsio;
+use crate::model::Lewel;
+use crate::LewelError;
 
 /// The name of the pointer file.
 pub const LATEST: &str = "latest";
@@ -299,6 +301,45 @@ pub fn prune(dir: &Path, keep_last: usize, keep_every_epochs: u64) -> Result<Vec
     Ok(removed)
 }
 
+/// Loads a full model state (official naming; `optimizer.*` entries are left to the optimiser),
+/// naming `path` in the error that lists missing, unexpected and mis-shaped keys.
+pub fn load_model_state(model: &Lewel, tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+    let only_model: HashMap<String, Tensor> = tensors
+        .iter()
+        .filter(|(k, _)| !k.starts_with("optimizer."))
+        .map(|(k, v)| (k.clone(), v.shallow_clone()))
+        .collect();
+    model.load_state_dict(&only_model, true).map_err(|e| match e {
+        LewelError::KeysMismatch { missing, unexpected, mismatched, .. } => {
+            LewelError::KeysMismatch { path: path.to_path_buf(), missing, unexpected, mismatched }.into()
+        }
+        other => anyhow::Error::from(other),
+    })
+}
+
+/// A model restored from one of our checkpoints, for inference (`embed`, `viz-maps`, probes).
+pub struct Opened {
+    pub vs: tch::nn::VarStore,
+    pub model: Lewel,
+    pub config: crate::model::ModelConfig,
+    /// The checkpoint file actually read (after resolving `latest`).
+    pub path: PathBuf,
+    pub step: u64,
+}
+
+/// Opens `--ckpt` (a file, a `latest` pointer, a `ckpt/` or run folder): verifies the file against its
+/// sidecar, rebuilds the model from the configuration recorded there, and loads every tensor.
+pub fn open_model(path: &Path, device: tch::Device) -> Result<Opened> {
+    let file = resolve(path)?;
+    let loaded = load_verified(&file)?;
+    let config: crate::model::ModelConfig = serde_json::from_value(loaded.sidecar.info["config"]["model"].clone())
+        .with_context(|| format!("{}: the sidecar holds no model configuration", sidecar_path(&file).display()))?;
+    let vs = tch::nn::VarStore::new(device);
+    let model = Lewel::new(&vs, &config)?;
+    load_model_state(&model, &loaded.tensors, &file)?;
+    Ok(Opened { vs, model, config, path: file, step: loaded.sidecar.step })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -377,6 +418,30 @@ mod tests {
         assert!(format!("{err:#}").contains("nope"));
         let err = resolve(&d).unwrap_err();
         assert!(format!("{err:#}").contains("no checkpoint"));
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn open_model_rebuilds_from_the_sidecar() {
+        use crate::model::{Arch, ModelConfig, Stem};
+        let d = scratch("open");
+        let cfg = ModelConfig {
+            arch: Arch::Resnet18,
+            stem: Stem::Cifar,
+            width: 4,
+            proj_dim: 8,
+            hidden_dim: 16,
+            ..ModelConfig::default()
+        };
+        let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+        let model = Lewel::new(&vs, &cfg).unwrap();
+        let info = serde_json::json!({"config": {"model": cfg}});
+        save(&d, 5, 1, &model.state_dict(), &info).unwrap();
+        let opened = open_model(&d, tch::Device::Cpu).unwrap();
+        assert_eq!(opened.config, cfg);
+        assert_eq!(opened.step, 5);
+        let x = Tensor::ones([2, 3, 8, 8], (Kind::Float, tch::Device::Cpu));
+        assert!(opened.model.features(&x).unwrap().equal(&model.features(&x).unwrap()));
         fs::remove_dir_all(&d).unwrap();
     }
 }

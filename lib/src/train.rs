@@ -8,7 +8,7 @@
 //! losses after a resume are bit-identical to those of an uninterrupted run.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -186,13 +186,13 @@ pub fn run(
         for why in skipped {
             sink.emit(&Event::new(TOOL, "warn").str("message", format!("resume: {why}")))?;
         }
-        load_model_state(&model, &loaded.tensors, &loaded.path)?;
+        ckpt::load_model_state(&model, &loaded.tensors, &loaded.path)?;
         opt.load_state(&loaded.tensors).with_context(|| format!("{}: optimiser state", loaded.path.display()))?;
         start_step = loaded.sidecar.step;
         resumed_from = Some(loaded.path.display().to_string());
     } else if let Some(init) = &cfg.init {
         let tensors: HashMap<String, Tensor> = ckpt::read_safetensors(init)?.into_iter().collect();
-        load_model_state(&model, &tensors, init)?;
+        ckpt::load_model_state(&model, &tensors, init)?;
     }
 
     let mut start = Event::new(TOOL, "start")
@@ -332,22 +332,6 @@ pub fn run(
             .num("elapsed_s", t0.elapsed().as_secs_f64()),
     )?;
     Ok(path)
-}
-
-/// Loads a full model state (official naming; `optimizer.*` entries are left to the optimiser),
-/// naming `path` in the error that lists missing, unexpected and mis-shaped keys.
-fn load_model_state(model: &Lewel, tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
-    let only_model: HashMap<String, Tensor> = tensors
-        .iter()
-        .filter(|(k, _)| !k.starts_with("optimizer."))
-        .map(|(k, v)| (k.clone(), v.shallow_clone()))
-        .collect();
-    model.load_state_dict(&only_model, true).map_err(|e| match e {
-        LewelError::KeysMismatch { missing, unexpected, mismatched, .. } => {
-            LewelError::KeysMismatch { path: path.to_path_buf(), missing, unexpected, mismatched }.into()
-        }
-        other => anyhow::Error::from(other),
-    })
 }
 
 /// Flattens a JSON object one level (`model.arch`, `optim.kind`...), for the `start` event.
