@@ -25,11 +25,13 @@ pub struct Theme {
 impl Theme {
     /// The theme for a `w × h` picture.
     pub fn for_size(w: u32, h: u32) -> Theme {
-        let scale = (w as f64 / 1600.0).min(h as f64 / 1000.0).clamp(0.45, 4.0);
+        let scale = (w as f64 / 1600.0).min(h as f64 / 1000.0).clamp(0.3, 5.0);
+        // Text shrinks slower than the picture: small pictures keep readable labels.
+        let text_scale = scale.powf(0.6);
         Theme {
             scale,
-            text: (15.0 * scale).max(9.0),
-            title: (18.0 * scale).max(10.0),
+            text: 15.0 * text_scale,
+            title: 18.0 * text_scale,
             ink: Rgb::hex(0x222222),
             muted: Rgb::hex(0x6b6b6b),
             grid: Rgb::hex(0xe6e6e6),
@@ -165,7 +167,8 @@ pub fn draw_panel(c: &mut dyn Canvas, area: Rect, panel: &Panel, x_range: (f64, 
         x_target -= 1;
     };
 
-    let everything = Rect::new(0.0, 0.0, f64::MAX / 4.0, f64::MAX / 4.0);
+    let (cw, ch) = c.size();
+    let everything = Rect::new(0.0, 0.0, cw as f64, ch as f64);
     let grid = Stroke::solid(theme.grid, 1.0);
     for &y in &yticks {
         let py = crisp(sy(y));
@@ -223,9 +226,12 @@ pub fn draw_panel(c: &mut dyn Canvas, area: Rect, panel: &Panel, x_range: (f64, 
     }
 
     // Title, and the line-style key at the right of it.
-    c.text((plot.x, title_base), &panel.title, &TextStyle { size: theme.title, color: theme.ink, align: HAlign::Left });
-    let mut right = plot.right();
     let swatch = 1.8 * t;
+    let key_w: f64 = panel.key.iter().map(|(l, _)| font::text_width(l, t) + 1.4 * t + swatch).sum();
+    let room = area.right() - pad - plot.x - key_w;
+    let (title, title_size) = fit_text(&panel.title, theme.title, room);
+    c.text((plot.x, title_base), &title, &TextStyle { size: title_size, color: theme.ink, align: HAlign::Left });
+    let mut right = plot.right();
     for (label, dash) in panel.key.iter().rev() {
         let w = font::text_width(label, t);
         c.text((right, title_base), label, &TextStyle { size: t, color: theme.muted, align: HAlign::Right });
@@ -235,6 +241,27 @@ pub fn draw_panel(c: &mut dyn Canvas, area: Rect, panel: &Panel, x_range: (f64, 
         c.polyline(&[(right - swatch, y), (right, y)], &stroke, everything);
         right -= swatch + 1.0 * t;
     }
+}
+
+/// `text` at `size` if it fits in `room` pixels; else at a size down to 80%; else cut with "…".
+pub fn fit_text(text: &str, size: f64, room: f64) -> (String, f64) {
+    let w = font::text_width(text, size);
+    if w <= room {
+        return (text.to_string(), size);
+    }
+    let smaller = (size * room / w).max(0.8 * size);
+    if font::text_width(text, smaller) <= room {
+        return (text.to_string(), smaller);
+    }
+    let mut chars: Vec<char> = text.chars().collect();
+    while !chars.is_empty() {
+        chars.pop();
+        let cut: String = chars.iter().collect::<String>().trim_end().to_string() + "\u{2026}";
+        if font::text_width(&cut, smaller) <= room {
+            return (cut, smaller);
+        }
+    }
+    (String::new(), smaller)
 }
 
 #[cfg(test)]
@@ -251,6 +278,18 @@ mod tests {
         let (lo, hi, _) = y_range(0.0, 0.0, 4);
         assert!(lo < 0.0 && hi > 0.0);
         assert_eq!(y_range(0.0, 1.0, 5).0, 0.0, "a range starting at 0 stays at 0");
+    }
+
+    #[test]
+    fn long_titles_shrink_then_get_cut() {
+        assert_eq!(fit_text("loss", 18.0, 500.0), ("loss".to_string(), 18.0));
+        let w = font::text_width("collapse indicator", 18.0);
+        let (t, s) = fit_text("collapse indicator", 18.0, w * 0.9);
+        assert_eq!(t, "collapse indicator");
+        assert!((0.8 * 18.0..18.0).contains(&s));
+        let (t, s) = fit_text("collapse indicator", 18.0, w * 0.5);
+        assert!(t.ends_with('\u{2026}') && font::text_width(&t, s) <= w * 0.5, "{t}");
+        assert_eq!(fit_text("abc", 18.0, 1.0).0, "");
     }
 
     #[test]

@@ -293,7 +293,7 @@ fn build_figure(
         ..Default::default()
     };
     let mut collapse = Panel {
-        title: "collapse indicator: std of normalised output".into(),
+        title: "collapse indicator (output std)".into(),
         x_label: x_label.into(),
         include_zero: true,
         ..Default::default()

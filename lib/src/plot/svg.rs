@@ -52,8 +52,12 @@ impl Svg {
         Svg { w, h, clips: Vec::new(), body: String::new() }
     }
 
-    /// The id of a clip path for `r`, defined once per distinct rectangle.
-    fn clip_id(&mut self, r: Rect) -> String {
+    /// The clip-path attribute for `r` (a path defined once per distinct rectangle), or nothing
+    /// when `r` covers the whole picture.
+    fn clip_attr(&mut self, r: Rect) -> String {
+        if r.x <= 0.0 && r.y <= 0.0 && r.right() >= self.w as f64 && r.bottom() >= self.h as f64 {
+            return String::new();
+        }
         let i = match self.clips.iter().position(|c| *c == r) {
             Some(i) => i,
             None => {
@@ -61,7 +65,7 @@ impl Svg {
                 self.clips.len() - 1
             }
         };
-        format!("clip{i}")
+        format!(r#" clip-path="url(#clip{i})""#)
     }
 
     /// The whole document.
@@ -125,7 +129,7 @@ impl Canvas for Svg {
         if pts.is_empty() {
             return;
         }
-        let id = self.clip_id(clip);
+        let clip = self.clip_attr(clip);
         let mut attrs = format!(
             r#"fill="none" stroke="{}" stroke-width="{}" stroke-linejoin="round" stroke-linecap="round""#,
             stroke.color.to_hex(),
@@ -138,14 +142,14 @@ impl Canvas for Svg {
             let _ = write!(attrs, r#" stroke-dasharray="{} {}""#, num(on), num(off));
             attrs = attrs.replace(r#"stroke-linecap="round""#, r#"stroke-linecap="butt""#);
         }
-        let _ = writeln!(self.body, r#"<polyline clip-path="url(#{id})" {attrs} points="{}"/>"#, pts.join(" "));
+        let _ = writeln!(self.body, r#"<polyline{clip} {attrs} points="{}"/>"#, pts.join(" "));
     }
 
     fn dot(&mut self, center: (f64, f64), radius: f64, color: Rgb, clip: Rect) {
-        let id = self.clip_id(clip);
+        let clip = self.clip_attr(clip);
         let _ = writeln!(
             self.body,
-            r#"<circle clip-path="url(#{id})" cx="{}" cy="{}" r="{}" fill="{}"/>"#,
+            r#"<circle{clip} cx="{}" cy="{}" r="{}" fill="{}"/>"#,
             num(center.0),
             num(center.1),
             num(radius),
@@ -191,6 +195,9 @@ mod tests {
         assert!(doc.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"200\" height=\"100\""));
         assert!(doc.trim_end().ends_with("</svg>"));
         assert_eq!(doc.matches("<clipPath").count(), 1, "one clip per distinct rectangle");
+        let mut s = Svg::new(200, 100);
+        s.polyline(&[(0.0, 0.0), (1.0, 1.0)], &Stroke::solid(Rgb::BLACK, 1.0), Rect::new(0.0, 0.0, 200.0, 100.0));
+        assert!(!s.finish().contains("clip"), "a clip covering the picture is left out");
         assert!(doc.contains("points=\"10,10 50.5,20.25\""), "{doc}");
         assert!(doc.contains("stroke-dasharray=\"6 4\""));
         assert!(doc.contains(">a &lt; b &amp; &quot;c&quot;</text>"));
