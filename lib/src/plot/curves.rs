@@ -507,6 +507,9 @@ pub fn run(cfg: &CurvesConfig, sink: &mut dyn EventSink) -> Result<()> {
     let labels = if cfg.labels.is_empty() { auto_labels(&cfg.inputs, &runs) } else { cfg.labels.clone() };
     let theme = Theme::for_size(cfg.width, cfg.height);
     let fig = build_figure(&runs, &labels, cfg, &theme, sink)?;
+    if fig.panels.is_empty() {
+        bail!("nothing to draw against epochs: the steps carry no epoch and there are no epoch events; use --x step");
+    }
     match cfg.format {
         Format::Png => {
             let mut r = Raster::new(cfg.width, cfg.height, theme.background);

@@ -30,7 +30,9 @@ out. A resumed run (a second start in the same file) is drawn as one curve, the 
 repeated step winning. Unreadable lines are skipped with a warning.
 
 stdout gets JSON lines: a warn event per problem and one end event (out, runs, points).",
-    after_help = lewel::stub::help_tail(EXAMPLE)
+    after_help = lewel::stub::help_tail(EXAMPLE),
+    mut_arg("out", |a| a.help("The picture to write: PNG, or SVG for a .svg name (see --format). Written \
+        atomically; its folder must exist"))
 )]
 struct Args {
     /// Events files to draw (RUN/events.jsonl), one run each; - reads stdin.

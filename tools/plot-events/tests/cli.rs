@@ -177,6 +177,8 @@ fn bad_input_fails_clearly() {
     fs::write(&no_steps, "{\"v\":1,\"tool\":\"pretrain\",\"event\":\"start\",\"seed\":0}\n").unwrap();
     let garbage = d.join("garbage.jsonl");
     fs::write(&garbage, "hello\nworld\n").unwrap();
+    let one_epoch = d.join("one-epoch.jsonl");
+    fs::write(&one_epoch, "{\"v\":1,\"tool\":\"pretrain\",\"event\":\"step\",\"step\":1,\"loss\":1}\n").unwrap();
     let missing = d.join("nope/events.jsonl");
     let byol = fixture("byol");
     let byol = byol.as_str();
@@ -187,6 +189,7 @@ fn bad_input_fails_clearly() {
         (vec![empty.to_str().unwrap(), "--out", o], 1, "is empty"),
         (vec![no_steps.to_str().unwrap(), "--out", o], 1, "no step events"),
         (vec![garbage.to_str().unwrap(), "--out", o], 1, "holds no events"),
+        (vec![one_epoch.to_str().unwrap(), "--out", o, "--x", "epoch"], 1, "use --x step"),
         (vec![byol, "--out", no_dir.to_str().unwrap()], 1, "could not write"),
         (vec![byol, "--out", o, "--label", "a", "--label", "b"], 2, "one --label per file"),
         (vec![byol, "--out", "-"], 2, "real path"),
