@@ -24,6 +24,7 @@ pub mod fsio;
 pub mod loss;
 pub mod model;
 pub mod optim;
+pub mod plot;
 pub mod run;
 pub mod schedule;
 pub mod signals;
