@@ -183,8 +183,21 @@ impl EventWriter {
     }
 
     /// Also appends every event to `path` (created if missing), synced at [`EventWriter::flush_copy`].
+    /// A copy left with a torn last line (a crash in mid-write) first gets a newline, so the next
+    /// event starts on a line of its own.
     pub fn with_copy(mut self, path: &Path) -> io::Result<Self> {
-        self.copy = Some(File::options().create(true).append(true).open(path)?);
+        let mut f = File::options().create(true).read(true).append(true).open(path)?;
+        let len = f.metadata()?.len();
+        if len > 0 {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut last = [0u8; 1];
+            f.seek(SeekFrom::Start(len - 1))?;
+            f.read_exact(&mut last)?;
+            if last[0] != b'\n' {
+                f.write_all(b"\n")?;
+            }
+        }
+        self.copy = Some(f);
         Ok(self)
     }
 
@@ -341,6 +354,12 @@ mod tests {
         }
         w.flush_copy().unwrap();
         assert_eq!(std::fs::read_to_string(&copy).unwrap().lines().count(), 3);
+        // A torn last line (crash in mid-write) does not swallow the next event.
+        std::fs::write(&copy, "{\"v\":1,\"tool\":\"t\",\"event\":\"st").unwrap();
+        let mut w = EventWriter::to_writer("t", Box::new(Broken), OnClosed::Continue).with_copy(&copy).unwrap();
+        w.emit(&Event::new("t", "start")).unwrap();
+        let text = std::fs::read_to_string(&copy).unwrap();
+        assert_eq!(text.lines().nth(1), Some("{\"v\":1,\"tool\":\"t\",\"event\":\"start\"}"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
