@@ -225,11 +225,9 @@ pub fn run(cfg: &ExportConfig, sink: &mut dyn EventSink) -> Result<ExportReport>
             let backbone = torchvision::backbone_of(&state);
             let bytes = match cfg.format {
                 Format::Safetensors => {
-                    let meta = HashMap::from([
-                        ("format".to_string(), "pt".to_string()),
-                        ("producer".to_string(), format!("lewel {TOOL}")),
-                        ("arch".to_string(), arch_name(&mc)),
-                    ]);
+                    // One metadata key only: safetensors writes its metadata map in hash order, so more keys
+                    // would make the bytes (and the sha256) differ from run to run.
+                    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
                     ckpt::to_safetensors_bytes(&backbone, Some(meta))?
                 }
                 Format::Pth => pickle_write::torch_zip(&backbone)?,
@@ -270,10 +268,6 @@ fn method_name(m: Method) -> &'static str {
         Method::LewelB => "lewel-b",
         Method::Byol => "byol",
     }
-}
-
-fn arch_name(mc: &ModelConfig) -> String {
-    serde_json::to_value(mc.arch).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {

@@ -124,6 +124,14 @@ fn official_to_backbone_formats_in_one_step() {
         assert_eq!(r.tensors, 120, "{format:?}: ResNet-18 has 120 backbone entries (fc excluded)");
         assert_eq!(r.verified, Some(true));
     }
+    // The same input gives the same bytes.
+    for (format, name) in
+        [(Format::Safetensors, "bb.safetensors"), (Format::Pth, "bb.pth"), (Format::Detectron2, "bb.pkl")]
+    {
+        let out = d.join(format!("again-{name}"));
+        run(&config(&fixture("official-tiny.pth.tar"), format, &out), &mut MemorySink::default()).unwrap();
+        assert_eq!(fs::read(&out).unwrap(), fs::read(d.join(name)).unwrap(), "{format:?} is not reproducible");
+    }
     let st = ckpt::read_safetensors(&d.join("bb.safetensors")).unwrap();
     for (k, t) in &st {
         assert_same(k, t, &want[&format!("online_net.backbone.{k}")]);
