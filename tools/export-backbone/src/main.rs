@@ -20,18 +20,22 @@ official LEWEL checkpoint (checkpoint_XXXX.pth.tar from the released code) or a 
 run embed, linear-probe, knn-probe and viz-maps on those weights, or to continue training from them \
 with `pretrain --init`. Everything is read and written in Rust: no Python at run time.
 
-Formats (--format):
-  safetensors  online backbone, torchvision names (conv1.weight, bn1.*, layer1.0.conv1.weight, \
-layerX.0.downsample.{0,1}.*, num_batches_tracked included; timm's ResNets use the same names): \
-safetensors.torch.load_file, then resnet.load_state_dict(sd, strict=False) misses only fc.weight, fc.bias.
-  pth          the same tensors as a PyTorch zip checkpoint holding a plain dict: torch.load(f, weights_only=True).
-  detectron2   a .pkl of numpy arrays under detectron2's names (stem.conv1.norm.*, res2..res5, \
-shortcut, shortcut.norm), {\"model\": ..., \"__author__\": \"lewel\", \"matching_heuristics\": True}, as the \
-MoCo / InfoMin converters write it; use with MODEL.RESNETS.STRIDE_IN_1X1 False and RGB input.
-  lewel        the whole model (online, target, predictors) as our checkpoint: OUT.safetensors plus \
-OUT.json sidecar (or, when OUT is not a .safetensors name, a folder OUT/ with step-N.safetensors and \
-latest). Every tool's --ckpt opens it; `pretrain --init OUT.safetensors` continues training from it \
-(give pretrain the same model flags; the start event shows them).
+Formats (--format), each written atomically:
+  safetensors  the online backbone in torchvision names (conv1.weight, bn1.*, layer1.0.conv1.weight,
+               layerX.0.downsample.{0,1}.*, num_batches_tracked included). Load it with
+               safetensors.torch.load_file; torchvision's resnet.load_state_dict(sd, strict=False)
+               then misses only fc.weight and fc.bias. timm's ResNets use the same names
+               (create them with num_classes=0 to leave fc out).
+  pth          the same tensors as a PyTorch zip checkpoint holding a plain dict:
+               torch.load(f, weights_only=True).
+  detectron2   a .pkl of numpy arrays in detectron2's names (stem.conv1.norm.*, res2..res5,
+               shortcut, shortcut.norm) with __author__ and matching_heuristics: True, as MoCo's
+               and InfoMin's converters write it. Use RESNETS.STRIDE_IN_1X1 False and RGB input.
+  lewel        the whole model (online, target, predictors) as our checkpoint: OUT.safetensors plus
+               the OUT.json sidecar, or, when OUT is not a .safetensors name, a folder OUT/ with
+               step-N.safetensors and latest. Every tool's --ckpt opens it, and
+               `pretrain --init OUT.safetensors` continues training from it (give pretrain the model
+               flags shown in the start event).
 
 Inputs (--ckpt, --from auto decides from the content): our checkpoint (a .safetensors with its .json \
 sidecar, a `latest` pointer, a ckpt/ or run folder; sha256 checked); an official LEWEL checkpoint \
@@ -52,8 +56,8 @@ written atomically. A file that does not fit lists its missing, unexpected and m
 const EXAMPLE: &str = "  export-backbone --ckpt run1/ckpt/latest --format pth --out r50.pth --verify
   python -c 'import torch, torchvision; m = torchvision.models.resnet50();
              print(m.load_state_dict(torch.load(\"r50.pth\", weights_only=True), strict=False))'
-  export-backbone --ckpt checkpoint_0199.pth.tar --from official --format lewel --out lewel200.safetensors &&
-  embed --ckpt lewel200.safetensors --data val/ --out val.npy";
+  export-backbone --ckpt checkpoint_0199.pth.tar --from official --format lewel \\
+    --out lewel200.safetensors && embed --ckpt lewel200.safetensors --data val/ --out val.npy";
 
 /// Flags of `export-backbone`.
 #[derive(Debug, Parser)]
