@@ -92,7 +92,8 @@ impl<'a> Archive<'a> {
         if end > bytes.len() as u64 {
             bail!("the central directory lies past the end of the file (truncated?)");
         }
-        let mut entries = Vec::with_capacity(count as usize);
+        // A damaged count must not allocate: each entry takes at least 46 bytes.
+        let mut entries = Vec::with_capacity((count as usize).min(bytes.len() / 46));
         let mut at = cd_offset as usize;
         for i in 0..count {
             if u32_at(bytes, at)? != CENTRAL_SIG {
@@ -158,7 +159,7 @@ impl<'a> Archive<'a> {
         let data: std::borrow::Cow<'a, [u8]> = match entry.method {
             0 => std::borrow::Cow::Borrowed(raw),
             8 => {
-                let mut out = Vec::with_capacity(entry.size as usize);
+                let mut out = Vec::with_capacity((entry.size as usize).min(raw.len().saturating_mul(8)));
                 flate2::read::DeflateDecoder::new(raw)
                     .read_to_end(&mut out)
                     .with_context(|| format!("entry {}: bad deflate data", entry.name))?;

@@ -248,8 +248,15 @@ pub struct Loaded {
 
 /// Unpickles the first pickle in `data`.
 pub fn load(data: &[u8]) -> Result<Loaded> {
-    let mut m =
-        Machine { data, pos: 0, stack: Vec::new(), marks: Vec::new(), memo: HashMap::new(), unknown: BTreeSet::new() };
+    let mut m = Machine {
+        data,
+        pos: 0,
+        stack: Vec::new(),
+        marks: Vec::new(),
+        memo: HashMap::new(),
+        unknown: BTreeSet::new(),
+        depth: 0,
+    };
     let value = m.run()?;
     Ok(Loaded { value, consumed: m.pos, unknown_globals: m.unknown.into_iter().collect() })
 }
@@ -261,6 +268,8 @@ struct Machine<'a> {
     marks: Vec<usize>,
     memo: HashMap<u64, Value>,
     unknown: BTreeSet<String>,
+    /// Nesting of `_rebuild_from_type_v2` calls (bounded: a damaged pickle must not recurse forever).
+    depth: usize,
 }
 
 impl<'a> Machine<'a> {
@@ -676,8 +685,14 @@ impl<'a> Machine<'a> {
                 a.into_iter().next().unwrap_or(Value::None)
             }
             ("torch._tensor", "_rebuild_from_type_v2") if a.len() >= 3 => {
+                if self.depth > 16 {
+                    bail!("pickle: {g} nested too deeply (damaged file?)");
+                }
                 let (func, inner) = (a[0].clone(), a[2].clone());
-                self.call(func, inner)?
+                self.depth += 1;
+                let v = self.call(func, inner);
+                self.depth -= 1;
+                v?
             }
             ("torch", "Size") => Value::Tuple(Rc::new(a.first().and_then(Value::items).unwrap_or_default())),
             ("builtins" | "__builtin__", "set" | "frozenset") => {

@@ -262,3 +262,45 @@ fn flags_that_contradict_the_file_are_usage_errors() {
     assert!(format!("{err:#}").contains("--proj-dim 99"), "{err:#}");
     fs::remove_dir_all(&d).unwrap();
 }
+
+/// Damaged pickles give errors, never panics (nor runaway allocations).
+#[test]
+fn mutated_pickles_never_panic() {
+    let bytes = fs::read(fixture("official-tiny.pth.tar")).unwrap();
+    let zip = archive::Archive::parse(&bytes).unwrap();
+    let name = zip.entries().iter().find(|e| e.name.ends_with("/data.pkl")).unwrap().name.clone();
+    let pkl = zip.read_name(&name).unwrap().into_owned();
+    let noise = crate::testing::test_values(3 * 400, 77);
+    for i in 0..400 {
+        let mut m = pkl.clone();
+        for j in 0..3 {
+            let at = (((noise[3 * i + j] + 1.0) / 2.0) * (m.len() - 1) as f32) as usize;
+            m[at] = m[at].wrapping_add(1 + (i as u8 % 200));
+        }
+        let _ = pickle::load(&m);
+    }
+    for cut in (0..pkl.len()).step_by(97) {
+        assert!(pickle::load(&pkl[..cut]).is_err());
+    }
+}
+
+/// Damaged PyTorch files (zip and legacy) give errors, never panics, down to the tensors.
+#[test]
+fn mutated_torch_files_never_panic() {
+    for (name, seed) in [("official-tiny.pth.tar", 5u64), ("extract-backbone-tiny.pth", 6)] {
+        let bytes = fs::read(fixture(name)).unwrap();
+        let noise = crate::testing::test_values(300, seed);
+        for (i, r) in noise.iter().enumerate() {
+            let mut m = bytes.clone();
+            let at = (((r + 1.0) / 2.0) * (m.len() - 1) as f32) as usize;
+            m[at] ^= 1 << (i % 8);
+            let Ok(f) = TorchFile::parse(&m) else { continue };
+            let sd = f.value.get("state_dict").unwrap_or(f.value.clone());
+            for (_, v) in sd.pairs().unwrap_or_default() {
+                if let Value::Tensor(t) = v {
+                    let _ = f.tensor(&t);
+                }
+            }
+        }
+    }
+}

@@ -136,8 +136,9 @@ impl<'a> TorchFile<'a> {
                 .with_context(|| format!("legacy file: storage {key} is cut off (truncated file?)"))?;
             let n = u64::from_le_bytes(n.try_into().expect("8 bytes")) as usize;
             let len = n.checked_mul(kind.elt_size_in_bytes()).context("bad storage size")?;
+            let end = (at + 8).checked_add(len).context("bad storage size")?;
             let data = bytes
-                .get(at + 8..at + 8 + len)
+                .get(at + 8..end)
                 .with_context(|| format!("legacy file: storage {key} is cut off (truncated file?)"))?;
             map.insert(key, data);
             at += 8 + len;
@@ -166,16 +167,17 @@ impl<'a> TorchFile<'a> {
         let kind: Kind = s.kind.with_context(|| format!("tensor storage of unknown type {}", s.type_name))?;
         let data = self.storage_bytes(&s.key)?;
         let el = kind.elt_size_in_bytes();
-        if data.len() != s.numel as usize * el {
+        if Some(data.len()) != (s.numel as usize).checked_mul(el) {
             bail!("storage {}: {} bytes, expected {} elements of {el} bytes", s.key, data.len(), s.numel);
         }
         if t.size.len() != t.stride.len() || t.size.iter().any(|&d| d < 0) || t.offset < 0 {
             bail!("tensor view {:?} / {:?} is malformed", t.size, t.stride);
         }
-        let numel: i64 = t.size.iter().product();
+        // In i128: a damaged file must give an error, not an overflow.
+        let numel: i128 = t.size.iter().map(|&d| d as i128).product();
         if numel > 0 {
-            let last = t.offset + t.size.iter().zip(&t.stride).map(|(&d, &st)| (d - 1) * st).sum::<i64>();
-            if t.stride.iter().any(|&st| st < 0) || last >= s.numel as i64 {
+            let span: i128 = t.size.iter().zip(&t.stride).map(|(&d, &st)| (d as i128 - 1) * st as i128).sum();
+            if t.stride.iter().any(|&st| st < 0) || t.offset as i128 + span >= s.numel as i128 {
                 bail!("tensor view {:?} at offset {} runs past its storage of {} elements", t.size, t.offset, s.numel);
             }
         }
