@@ -542,6 +542,23 @@ fn from_tensors(cfg: &ExportConfig, path: PathBuf, raw: RawInput, sink: &mut dyn
             *k = k["module.".len()..].to_string();
         }
     }
+    let converted: Vec<String> = tensors
+        .iter()
+        .filter(|(_, t)| matches!(t.kind(), tch::Kind::Half | tch::Kind::BFloat16 | tch::Kind::Double))
+        .map(|(_, t)| format!("{:?}", t.kind()))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if !converted.is_empty() {
+        warn(
+            sink,
+            format!(
+                "{}: floating-point tensors of kind {} are converted to float32 (the model's precision)",
+                path.display(),
+                converted.join(", ")
+            ),
+        )?;
+    }
     let full = tensors.iter().any(|(k, _)| k.starts_with(ONLINE_BACKBONE));
     let bare = !full && torchvision::looks_like_resnet(tensors.iter().map(|(k, _)| k.as_str()));
     let kind = if full {
