@@ -304,3 +304,41 @@ fn mutated_torch_files_never_panic() {
         }
     }
 }
+
+/// A bare `.safetensors` in our naming (no sidecar) of a BYOL model: method, K and hidden width are
+/// inferred from the neck, and the import equals the file.
+#[test]
+fn bare_state_without_sidecar_infers_byol() {
+    let d = scratch("byol");
+    let cfg = ModelConfig {
+        method: Method::Byol,
+        arch: Arch::Resnet34,
+        stem: Stem::Cifar,
+        width: 2,
+        proj_dim: 6,
+        hidden_dim: 10,
+        ..ModelConfig::default()
+    };
+    let vs = VarStore::new(Device::Cpu);
+    let model = Lewel::new(&vs, &cfg).unwrap();
+    let f = d.join("byol-state.safetensors");
+    fs::write(&f, ckpt::to_safetensors_bytes(&model.state_dict(), None).unwrap()).unwrap();
+    let out = d.join("out.safetensors");
+    let mut sink = MemorySink::default();
+    run(&config(&f, Format::Lewel, &out), &mut sink).unwrap();
+    let start = &messages(&sink, "start")[0];
+    for needle in [
+        r#""input_kind":"lewel-state""#,
+        r#""method":"byol""#,
+        r#""arch":"resnet34""#,
+        r#""proj_dim":6"#,
+        r#""hidden_dim":10"#,
+    ] {
+        assert!(start.contains(needle), "{needle}: {start}");
+    }
+    let opened = ckpt::open_model(&out, Device::Cpu).unwrap();
+    for ((k, a), (_, b)) in opened.model.state_dict().iter().zip(model.state_dict()) {
+        assert_same(k, a, &b);
+    }
+    fs::remove_dir_all(&d).unwrap();
+}
