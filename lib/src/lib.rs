@@ -20,6 +20,7 @@ pub mod error;
 pub mod eval;
 pub mod events;
 pub mod exit;
+pub mod export;
 pub mod fsio;
 pub mod loss;
 pub mod model;
