@@ -151,11 +151,9 @@ pub struct Sidecar {
 /// Returns the path of the tensor file.
 pub fn save(dir: &Path, step: u64, epoch: u64, tensors: &[(String, Tensor)], info: &Value) -> Result<PathBuf> {
     let path = dir.join(file_name(step));
-    let meta = HashMap::from([
-        ("format".to_string(), "lewel".to_string()),
-        ("step".to_string(), step.to_string()),
-        ("epoch".to_string(), epoch.to_string()),
-    ]);
+    // One metadata key only: safetensors writes a HashMap in hash order, and the file must be
+    // byte-identical from run to run (step and epoch are in the sidecar).
+    let meta = HashMap::from([("format".to_string(), "lewel".to_string())]);
     let bytes = to_safetensors_bytes(tensors, Some(meta))?;
     let sha = sha256_hex(&bytes);
     fsio::write_bytes_atomic(&path, &bytes)?;

@@ -309,11 +309,9 @@ pub fn run(
         let due = (cfg.ckpt_every_steps > 0 && step % cfg.ckpt_every_steps == 0)
             || (epoch_end && cfg.ckpt_every_epochs > 0 && (step / spe) % cfg.ckpt_every_epochs == 0);
         let interrupted = signals::requested();
-        if due || interrupted || step == stop_at {
-            if last_saved != Some(step) {
-                last_path = Some(save(step, epoch_end, &opt, sink)?);
-                last_saved = Some(step);
-            }
+        if (due || interrupted || step == stop_at) && last_saved != Some(step) {
+            last_path = Some(save(step, epoch_end, &opt, sink)?);
+            last_saved = Some(step);
         }
         if interrupted {
             sink.emit(&Event::new(TOOL, "end").str("status", "interrupted").int("step", step as i64))?;
