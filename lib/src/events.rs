@@ -277,8 +277,12 @@ mod tests {
 
     #[test]
     fn fixed_keys_come_first_and_order_is_kept() {
-        let line = Event::new("pretrain", "step").int("step", 3).num("loss", 1.5).str("zeta", "z").num("alpha", 0.5).to_line();
-        assert_eq!(line, "{\"v\":1,\"tool\":\"pretrain\",\"event\":\"step\",\"step\":3,\"loss\":1.5,\"zeta\":\"z\",\"alpha\":0.5}\n");
+        let line =
+            Event::new("pretrain", "step").int("step", 3).num("loss", 1.5).str("zeta", "z").num("alpha", 0.5).to_line();
+        assert_eq!(
+            line,
+            "{\"v\":1,\"tool\":\"pretrain\",\"event\":\"step\",\"step\":3,\"loss\":1.5,\"zeta\":\"z\",\"alpha\":0.5}\n"
+        );
     }
 
     #[test]

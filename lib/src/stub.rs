@@ -27,7 +27,10 @@ impl Planned {
         clap::Command::new(self.name)
             .version(env!("CARGO_PKG_VERSION"))
             .about(self.about)
-            .long_about(format!("{}\n\nNot implemented yet (issue {}): every run exits 1 with an error.", self.long_about, self.issue))
+            .long_about(format!(
+                "{}\n\nNot implemented yet (issue {}): every run exits 1 with an error.",
+                self.long_about, self.issue
+            ))
             .after_help(help_tail(self.example))
             .arg(clap::Arg::new("args").num_args(0..).trailing_var_arg(true).allow_hyphen_values(true).hide(true))
     }

@@ -159,7 +159,10 @@ pub fn open_npy(path: &Path) -> Result<Arc<dyn Dataset>> {
         bail!("{}: Fortran-ordered arrays are not supported; save it with np.ascontiguousarray", path.display());
     }
     let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
-    let descr = npy.dtype().descr();
+    let descr = match npy.dtype() {
+        npyz::DType::Plain(ts) => ts.to_string(),
+        other => other.descr(),
+    };
     match (descr.as_str(), shape.as_slice()) {
         ("|u1" | "<u1" | ">u1", [n, h, w]) => {
             let (n, h, w) = (*n, *h, *w);
