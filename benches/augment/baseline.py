@@ -4,7 +4,8 @@ shared reference section 4), run in a single process with torch and PIL limited 
 
 Usage: baseline.py IMAGE_DIR [--repeats R] [--threads T]
 
-Prints one JSON line per repeat: {"images": N, "elapsed_s": .., "images_per_s": ..}. Each image is
+Prints one JSON line per repeat: {"images": N, "elapsed_s": .., "images_per_s": .., "cpu_s": ..,
+"images_per_cpu_s": ..} (cpu_s: this process's CPU time for the repeat, all threads). Each image is
 read and decoded once (PIL, `convert('RGB')` like torchvision's ImageFolder loader) and turned into two
 normalised 224 px views (float tensors), which is what `augment` does per image.
 """
@@ -61,13 +62,16 @@ def main():
     files = sorted(os.path.join(args.images, f) for f in os.listdir(args.images) if f.endswith(".jpg"))
     for _ in range(args.repeats):
         start = time.perf_counter()
+        cpu0 = time.process_time()
         for f in files:
             with open(f, "rb") as fh:
                 img = Image.open(fh).convert("RGB")
             a, b = t1(img), t2(img)
             assert a.shape == (3, 224, 224) and b.shape == (3, 224, 224)
         el = time.perf_counter() - start
-        print(json.dumps({"images": len(files), "elapsed_s": round(el, 4), "images_per_s": round(len(files) / el, 2)}))
+        cpu = time.process_time() - cpu0
+        print(json.dumps({"images": len(files), "elapsed_s": round(el, 4), "images_per_s": round(len(files) / el, 2),
+                          "cpu_s": round(cpu, 4), "images_per_cpu_s": round(len(files) / cpu, 2)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -88,6 +88,7 @@ fn usage(msg: String) -> anyhow::Error {
 /// Runs the tool's work, reporting `start`, `warn` (one per skipped file) and `end` to `sink`.
 pub fn run(cfg: &AugmentConfig, sink: &mut dyn EventSink) -> Result<AugmentSummary> {
     let started = Instant::now();
+    let cpu_started = process_cpu_s();
     if cfg.dry_run && (cfg.out.is_some() || cfg.preview.is_some()) {
         return Err(usage("--dry-run writes nothing; leave out --out and --preview".into()));
     }
@@ -247,6 +248,7 @@ pub fn run(cfg: &AugmentConfig, sink: &mut dyn EventSink) -> Result<AugmentSumma
     }
     bar.finish_and_clear();
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu = process_cpu_s() - cpu_started;
 
     if let Some(out) = &cfg.out {
         if shard_rows.is_some() {
@@ -292,12 +294,26 @@ pub fn run(cfg: &AugmentConfig, sink: &mut dyn EventSink) -> Result<AugmentSumma
             .int("skipped", summary.skipped as i64)
             .num("elapsed_s", summary.elapsed_s)
             .num("images_per_s", summary.images_per_s)
+            .num("cpu_s", cpu)
+            .num("images_per_cpu_s", summary.images as f64 / cpu.max(1e-9))
             .int("threads", threads as i64)
             .str("out", cfg.out.as_ref().map(|p| p.display().to_string()).unwrap_or_default())
             .int("shards", summary.shards as i64)
             .str("preview", cfg.preview.as_ref().map(|p| p.display().to_string()).unwrap_or_default()),
     )?;
     Ok(summary)
+}
+
+/// CPU seconds (user + system) used by this process so far, all threads: `images_per_cpu_s` is the
+/// per-core throughput even on a machine busy with other work.
+fn process_cpu_s() -> f64 {
+    // SAFETY: getrusage only writes the struct we own.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return 0.0;
+    }
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 * 1e-6;
+    t(ru.ru_utime) + t(ru.ru_stime)
 }
 
 /// `views.npy` + `.json` → `views.npy.json`.

@@ -151,17 +151,35 @@ impl<T: HasWait + Send + 'static> Batches<T> {
     where
         F: Fn(usize) -> Result<T> + Send + Sync + 'static,
     {
-        let (tx, rx) = sync_channel(prefetch.max(1));
+        let prefetch = prefetch.max(1);
+        let (tx, rx) = sync_channel(prefetch);
+        let job = Arc::new(job);
         let handle = std::thread::Builder::new()
             .name("lewel-data-producer".into())
             .spawn(move || {
-                for step in steps {
-                    let r = pool.install(|| job(step));
+                // Up to `prefetch` batches are computed at once, each spread over the pool, so that
+                // workers done with one batch steal items of the next instead of waiting at a
+                // barrier; results are passed on in step order.
+                let mut inflight: std::collections::VecDeque<Receiver<Result<T>>> = Default::default();
+                let mut steps = steps.into_iter();
+                loop {
+                    while inflight.len() < prefetch {
+                        let Some(step) = steps.next() else { break };
+                        let (otx, orx) = sync_channel(1);
+                        let job = job.clone();
+                        pool.spawn_fifo(move || {
+                            let _ = otx.send(job(step));
+                        });
+                        inflight.push_back(orx);
+                    }
+                    let Some(next) = inflight.pop_front() else { break };
+                    let Ok(r) = next.recv() else { break };
                     let failed = r.is_err();
                     if tx.send(r).is_err() || failed {
                         break;
                     }
                 }
+                // Dropping `inflight` lets running jobs finish and discard their results.
             })
             .expect("could not start the data producer thread");
         Batches { rx: Some(rx), handle: Some(handle) }

@@ -12,6 +12,10 @@
 //! tensor operations (`torchvision.transforms.v2.functional` on float tensors) compute. The colour
 //! formulas are those of the tensor functions; the measured differences to torchvision and to PIL are
 //! stated on each function and checked by the tests in `lib/tests/data_ops.rs`.
+//!
+//! The pixel loops are `#[inline(always)]` so that [`crate::data::view`] can compile the whole view
+//! pipeline a second time for AVX2 and pick it at run time. Rust never fuses a multiply and an add,
+//! and the loops that vectorise have no reductions, so both versions give the same bits.
 
 // Pixel loops index several arrays in step; iterator chains would hide the arithmetic.
 #![allow(clippy::needless_range_loop)]
@@ -235,6 +239,7 @@ fn taps(in_size: usize, out_size: usize, window: std::ops::Range<usize>) -> Taps
 /// to float rounding (measured max abs difference 1.1e-6 on [0, 1] values, mean below 1e-7), and PIL's
 /// `img.crop(box).resize(size, BILINEAR)` to within PIL's own 8-bit rounding (measured max 0.94/255,
 /// mean 0.29/255), for shrinking, enlarging and mixed crops (`lib/tests/data_ops.rs`).
+#[inline(always)]
 pub fn resized_crop(src: &RgbImage, crop: CropBox, out_w: usize, out_h: usize, window: [usize; 4]) -> Planar {
     let [wx, wy, ww, wh] = window;
     assert!(wx + ww <= out_w && wy + wh <= out_h, "window outside the output");
@@ -294,6 +299,7 @@ pub fn resized_crop(src: &RgbImage, crop: CropBox, out_w: usize, out_h: usize, w
 }
 
 /// Mirrors the image left to right (`RandomHorizontalFlip`'s application): exact.
+#[inline(always)]
 pub fn hflip(img: &mut Planar) {
     let w = img.width;
     for row in img.data.chunks_exact_mut(w) {
@@ -309,6 +315,7 @@ fn luma(r: f32, g: f32, b: f32) -> f32 {
 }
 
 /// `adjust_brightness(img, f)`: `clamp(f * img, 0, 1)`.
+#[inline(always)]
 pub fn brightness(img: &mut Planar, f: f32) {
     for v in &mut img.data {
         *v = (f * *v).clamp(0.0, 1.0);
@@ -316,6 +323,7 @@ pub fn brightness(img: &mut Planar, f: f32) {
 }
 
 /// `adjust_contrast(img, f)`: blends with the mean of the grayscale image, `clamp(f*img + (1-f)*mean)`.
+#[inline(always)]
 pub fn contrast(img: &mut Planar, f: f32) {
     let (r, g, b) = img.planes_mut();
     let sum: f64 = r.iter().zip(g.iter()).zip(b.iter()).map(|((&r, &g), &b)| luma(r, g, b) as f64).sum();
@@ -327,6 +335,7 @@ pub fn contrast(img: &mut Planar, f: f32) {
 }
 
 /// `adjust_saturation(img, f)`: blends each pixel with its own grey, `clamp(f*img + (1-f)*grey)`.
+#[inline(always)]
 pub fn saturation(img: &mut Planar, f: f32) {
     let (r, g, b) = img.planes_mut();
     for i in 0..r.len() {
@@ -339,6 +348,7 @@ pub fn saturation(img: &mut Planar, f: f32) {
 
 /// `adjust_hue(img, h)`: RGB → HSV, hue += h modulo 1, HSV → RGB, with torchvision's tensor formulas
 /// (`_rgb2hsv` / `_hsv2rgb`).
+#[inline(always)]
 pub fn hue(img: &mut Planar, shift: f32) {
     let (r, g, b) = img.planes_mut();
     const L: usize = 8;
@@ -427,6 +437,7 @@ fn hue_pixel(r: f32, g: f32, b: f32, shift: f32) -> (f32, f32, f32) {
 }
 
 /// `rgb_to_grayscale(img, num_output_channels=3)`: every channel becomes the luma.
+#[inline(always)]
 pub fn grayscale(img: &mut Planar) {
     let (r, g, b) = img.planes_mut();
     for i in 0..r.len() {
@@ -438,6 +449,7 @@ pub fn grayscale(img: &mut Planar) {
 }
 
 /// PIL's `ImageOps.solarize(img, 128)` on [0, 1] values: v ≥ 128/255 becomes 1 − v.
+#[inline(always)]
 pub fn solarize(img: &mut Planar) {
     const T: f32 = 128.0 / 255.0;
     for v in &mut img.data {
@@ -471,6 +483,7 @@ pub fn pil_box_radius(sigma: f64, passes: u32) -> f64 {
 /// and max 0.05, mean 0.006 at σ = 0.3, where the sampled 3-tap kernel has much less than σ² variance
 /// and the box cascade keeps it. At the borders torchvision reflects where PIL repeats the edge pixel.
 /// PIL's blur is what LEWEL was trained with.
+#[inline(always)]
 pub fn gaussian_blur(img: &mut Planar, sigma: f64) {
     let radius = pil_box_radius(sigma, 3);
     let l = radius.floor() as usize;
@@ -514,6 +527,7 @@ pub fn gaussian_blur(img: &mut Planar, sigma: f64) {
 
 /// One extended-box pass: `out = bw * (first + last) + ww * (sum of the inner taps)`, element-wise
 /// over equally long slices (fused into one loop for the common radii so it vectorises).
+#[inline(always)]
 fn box_taps(taps: &[&[f32]], out: &mut [f32], ww: f32, bw: f32) {
     let n = out.len();
     match taps {
@@ -540,6 +554,7 @@ fn box_taps(taps: &[&[f32]], out: &mut [f32], ww: f32, bw: f32) {
 }
 
 /// `ToTensor` then `Normalize(mean, std)`: writes `(v - mean[c]) / std[c]` into `out` (CHW).
+#[inline(always)]
 pub fn normalize_into(img: &Planar, mean: [f32; 3], std: [f32; 3], out: &mut [f32]) {
     let n = img.width * img.height;
     assert_eq!(out.len(), 3 * n, "output slice has the wrong size");

@@ -60,8 +60,30 @@ pub fn sample_view(v: &ViewRecipe, width: u32, height: u32, draw: &mut impl Draw
     ViewParams { crop, flip, jitter, grey, blur_sigma, solarize }
 }
 
+/// Runs `f` compiled for AVX2 when the CPU has it (the same bits either way: see [`crate::data::ops`]).
+#[inline(always)]
+fn with_simd<T>(f: impl FnOnce() -> T) -> T {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2<T>(f: impl FnOnce() -> T) -> T {
+            f()
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            return unsafe { avx2(f) };
+        }
+    }
+    f()
+}
+
 /// The view before normalisation: [0, 1] values, `size` x `size`.
 pub fn render_view(src: &RgbImage, p: &ViewParams, size: u32) -> Planar {
+    with_simd(|| render_view_inner(src, p, size))
+}
+
+#[inline(always)]
+fn render_view_inner(src: &RgbImage, p: &ViewParams, size: u32) -> Planar {
     let s = size as usize;
     let mut img = ops::resized_crop(src, p.crop, s, s, [0, 0, s, s]);
     if p.flip {
@@ -91,13 +113,20 @@ pub fn render_view(src: &RgbImage, p: &ViewParams, size: u32) -> Planar {
 
 /// Renders the view and writes it normalised into `out` (`3 * size * size` floats, CHW).
 pub fn apply_view(src: &RgbImage, p: &ViewParams, recipe: &Recipe, out: &mut [f32]) {
-    let img = render_view(src, p, recipe.size);
-    ops::normalize_into(&img, recipe.mean, recipe.std, out);
+    with_simd(|| {
+        let img = render_view_inner(src, p, recipe.size);
+        ops::normalize_into(&img, recipe.mean, recipe.std, out);
+    })
 }
 
 /// The evaluation transform into `out`: resize the shorter side to `eval_resize`, centre-crop
 /// `eval_crop`, normalise (torchvision `Resize` → `CenterCrop` → `ToTensor` → `Normalize`).
 pub fn apply_eval(src: &RgbImage, recipe: &Recipe, out: &mut [f32]) {
+    with_simd(|| apply_eval_inner(src, recipe, out))
+}
+
+#[inline(always)]
+fn apply_eval_inner(src: &RgbImage, recipe: &Recipe, out: &mut [f32]) {
     let (rw, rh) = ops::resize_shorter(src.width(), src.height(), recipe.eval_resize);
     let c = recipe.eval_crop;
     let (top, left) = ops::center_crop_offsets(rw, rh, c);
