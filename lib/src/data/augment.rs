@@ -110,6 +110,9 @@ pub fn run(cfg: &AugmentConfig, sink: &mut dyn EventSink) -> Result<AugmentSumma
         }
         check_parent(p)?;
     }
+    if cfg.preview.is_some() && cfg.preview_rows == 0 {
+        return Err(usage("--preview-rows must be at least 1".into()));
+    }
     if cfg.shard_size == Some(0) {
         return Err(usage("--shard-size must be at least 1 row".into()));
     }
@@ -121,7 +124,8 @@ pub fn run(cfg: &AugmentConfig, sink: &mut dyn EventSink) -> Result<AugmentSumma
         cfg.recipe.clone(),
         LoaderConfig {
             seed: cfg.seed,
-            batch_size: cfg.batch_size.clamp(1, n),
+            // A preview alone needs only its rows.
+            batch_size: if cfg.out.is_none() && !cfg.dry_run { cfg.preview_rows.clamp(1, n) } else { cfg.batch_size.clamp(1, n) },
             threads: cfg.threads,
             prefetch: 4,
             shuffle: true,
