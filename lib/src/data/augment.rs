@@ -125,7 +125,11 @@ pub fn run(cfg: &AugmentConfig, sink: &mut dyn EventSink) -> Result<AugmentSumma
         LoaderConfig {
             seed: cfg.seed,
             // A preview alone needs only its rows.
-            batch_size: if cfg.out.is_none() && !cfg.dry_run { cfg.preview_rows.clamp(1, n) } else { cfg.batch_size.clamp(1, n) },
+            batch_size: if cfg.out.is_none() && !cfg.dry_run {
+                cfg.preview_rows.clamp(1, n)
+            } else {
+                cfg.batch_size.clamp(1, n)
+            },
             threads: cfg.threads,
             prefetch: 4,
             shuffle: true,
