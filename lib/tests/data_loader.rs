@@ -148,3 +148,40 @@ fn prepared_tensors_pass_through_eval_and_refuse_augmentation() {
     assert_eq!(got, vals);
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// A data set whose item 1 makes the "decoder" panic.
+struct Panicky;
+impl Dataset for Panicky {
+    fn len(&self) -> usize {
+        4
+    }
+    fn label(&self, _: usize) -> Option<i64> {
+        None
+    }
+    fn num_classes(&self) -> Option<usize> {
+        None
+    }
+    fn name(&self, i: usize) -> String {
+        format!("panicky[{i}]")
+    }
+    fn load(&self, i: usize) -> anyhow::Result<image::RgbImage> {
+        assert_ne!(i, 1, "malformed file");
+        Ok(image::RgbImage::from_pixel(40, 30, image::Rgb([i as u8 * 60, 10, 200])))
+    }
+    fn describe(&self) -> String {
+        "panicky".into()
+    }
+    fn fingerprint(&self) -> String {
+        "panicky".into()
+    }
+}
+
+#[test]
+fn a_panicking_decoder_is_a_bad_item_not_a_crash() {
+    let recipe = Recipe::preset("lewel-b-small").unwrap();
+    let loader = TwoViewLoader::new(Arc::new(Panicky), recipe, cfg(2, 4, true)).unwrap();
+    let b = all(&loader, 0, 0).remove(0);
+    assert_eq!(b.indices.len(), 4);
+    assert_eq!(b.skipped.len(), 1);
+    assert!(b.skipped[0].1.contains("panicked") && b.skipped[0].1.contains("malformed file"), "{:?}", b.skipped);
+}

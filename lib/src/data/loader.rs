@@ -168,7 +168,12 @@ impl<T: HasWait + Send + 'static> Batches<T> {
                         let (otx, orx) = sync_channel(1);
                         let job = job.clone();
                         pool.spawn_fifo(move || {
-                            let _ = otx.send(job(step));
+                            // A panic in a spawned rayon job would abort the process: make it an error.
+                            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(step)))
+                                .unwrap_or_else(|p| {
+                                    Err(anyhow!("a data worker panicked at step {step}: {}", panic_text(&p)))
+                                });
+                            let _ = otx.send(r);
                         });
                         inflight.push_back(orx);
                     }
@@ -381,7 +386,10 @@ fn two_view_item(
     let mut skipped = Vec::new();
     for attempt in 0..n.min(MAX_ATTEMPTS) {
         let index = order[(pos + attempt) % n];
-        match ds.load(index) {
+        // A decoder that panics on a malformed file is treated like one that returns an error.
+        let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ds.load(index)))
+            .unwrap_or_else(|p| Err(anyhow!("the decoder panicked: {}", panic_text(&p))));
+        match loaded {
             Ok(img) => {
                 let a = attempt as u64;
                 let mut r1 = Rng::for_view(cfg.seed, epoch, index as u64, Stream::View1, a);
@@ -410,6 +418,14 @@ fn two_view_item(
         ds.name(skipped[0].0),
         skipped[0].1
     ))
+}
+
+/// The message of a caught panic.
+fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// Settings of the evaluation loader.
@@ -531,7 +547,9 @@ impl EvalLoader {
                         out.copy_from_slice(&v);
                         return Ok(None);
                     }
-                    match ds.load(i) {
+                    let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ds.load(i)))
+                        .unwrap_or_else(|p| Err(anyhow!("the decoder panicked: {}", panic_text(&p))));
+                    match loaded {
                         Ok(img) => {
                             apply_eval(&img, &recipe, out);
                             Ok(None)
