@@ -9,6 +9,25 @@
 //! - [`loader`]: [`TwoViewLoader`] and [`EvalLoader`].
 //! - [`augment`]: the `augment` tool's work (views `.npy`, sidecar, shards, preview sheet).
 //! - [`npy`]: streaming `.npy` writing.
+//!
+//! # Use in a training loop
+//!
+//! ```no_run
+//! use lewel::data::{open, DataSpec, LoaderConfig, Recipe, TwoViewLoader};
+//! # fn main() -> anyhow::Result<()> {
+//! let data = open(&DataSpec { path: "photos/".into(), root: None, strict: false })?;
+//! let mut recipe = Recipe::preset("lewel-b")?;
+//! recipe.set("blur_p2=0.0")?; // any parameter, by name
+//! let cfg = LoaderConfig { seed: 1, batch_size: 64, threads: 0, prefetch: 2, shuffle: true, drop_last: true, strict: false };
+//! let loader = TwoViewLoader::new(data, recipe, cfg)?;
+//! let (epoch, start_step) = (0, 0); // from a checkpoint when resuming
+//! for batch in loader.epoch(epoch, start_step) {
+//!     let b = batch?; // b.v1, b.v2: [64, 3, 224, 224] f32; b.wait_s: data_wait; b.skipped: bad files
+//!     # let _ = b;
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod arrays;
 pub mod augment;

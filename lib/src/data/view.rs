@@ -90,13 +90,15 @@ fn render_view_inner(src: &RgbImage, p: &ViewParams, size: u32) -> Planar {
         ops::hflip(&mut img);
     }
     if let Some(j) = &p.jitter {
+        // Plain `if let`s, not closures: everything here must inline into the AVX2 copy.
         for k in j.order {
-            match k {
-                0 => j.brightness.inspect(|&f| ops::brightness(&mut img, f)),
-                1 => j.contrast.inspect(|&f| ops::contrast(&mut img, f)),
-                2 => j.saturation.inspect(|&f| ops::saturation(&mut img, f)),
-                _ => j.hue.inspect(|&f| ops::hue(&mut img, f)),
-            };
+            match (k, j.brightness, j.contrast, j.saturation, j.hue) {
+                (0, Some(f), _, _, _) => ops::brightness(&mut img, f),
+                (1, _, Some(f), _, _) => ops::contrast(&mut img, f),
+                (2, _, _, Some(f), _) => ops::saturation(&mut img, f),
+                (3, _, _, _, Some(f)) => ops::hue(&mut img, f),
+                _ => {}
+            }
         }
     }
     if p.grey {
