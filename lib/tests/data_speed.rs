@@ -51,7 +51,7 @@ fn per_op_cpu_time() {
                 time(&mut t[6], || ops::saturation(&mut x, 0.9));
                 time(&mut t[7], || ops::brightness(&mut x, 0.9));
                 let mut o = vec![0f32; 3 * 224 * 224];
-                time(&mut t[8], || ops::normalize_into(&out, recipe.mean, recipe.std, &mut o));
+                time(&mut t[8], || ops::normalize_into(&out, recipe.norm_f32().0, recipe.norm_f32().1, &mut o));
             }
         }
     }

@@ -358,12 +358,12 @@ fn contact_sheet(
     let gap = 4;
     let (w, h) = (3 * cell + 4 * gap, rows.len().max(1) * (cell + gap) + gap);
     let mut sheet = RgbImage::from_pixel(w as u32, h as u32, Rgb([40, 40, 40]));
+    let (mean, std) = recipe.norm_f32();
     let unnorm = |v: &[f32]| -> RgbImage {
         let n = s * s;
         RgbImage::from_fn(s as u32, s as u32, |x, y| {
             let i = y as usize * s + x as usize;
-            let c =
-                |k: usize| ((v[k * n + i] * recipe.std[k] + recipe.mean[k]) * 255.0).round().clamp(0.0, 255.0) as u8;
+            let c = |k: usize| ((v[k * n + i] * std[k] + mean[k]) * 255.0).round().clamp(0.0, 255.0) as u8;
             Rgb([c(0), c(1), c(2)])
         })
     };

@@ -408,7 +408,7 @@ fn two_view_item(
                         ds.name(index)
                     )));
                 }
-                skipped.push((index, format!("{e:#}")));
+                skipped.push((index, format!("{e:#}").trim_end().to_string()));
             }
         }
     }
@@ -555,7 +555,7 @@ impl EvalLoader {
                             Ok(None)
                         }
                         Err(e) if cfg.strict => Err(e.context(format!("{} (--strict)", ds.name(i)))),
-                        Err(e) => Ok(Some(format!("{e:#}"))),
+                        Err(e) => Ok(Some(format!("{e:#}").trim_end().to_string())),
                     }
                 })
                 .collect();

@@ -22,9 +22,9 @@ use serde::{Deserialize, Serialize};
 use crate::LewelError;
 
 /// The ImageNet channel means (RGB, on [0, 1] values).
-pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const IMAGENET_MEAN: [f64; 3] = [0.485, 0.456, 0.406];
 /// The ImageNet channel standard deviations.
-pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+pub const IMAGENET_STD: [f64; 3] = [0.229, 0.224, 0.225];
 
 /// The names of the presets, for help texts and errors.
 pub const PRESETS: [&str; 6] = ["lewel-b", "byol", "mocov2", "lewel-b-small", "byol-small", "mocov2-small"];
@@ -69,8 +69,8 @@ pub struct Recipe {
     pub view1: ViewRecipe,
     pub view2: ViewRecipe,
     /// Normalisation mean and std per RGB channel (ImageNet's).
-    pub mean: [f32; 3],
-    pub std: [f32; 3],
+    pub mean: [f64; 3],
+    pub std: [f64; 3],
     /// Evaluation transform: resize the shorter side to this, then centre-crop `eval_crop`; 256.
     pub eval_resize: u32,
     /// Evaluation centre-crop side; 224.
@@ -138,6 +138,11 @@ impl Recipe {
     /// Side of the square views in pixels.
     pub fn size(&self) -> u32 {
         self.size
+    }
+
+    /// The normalisation (mean, std) as the f32 the pixel code uses.
+    pub fn norm_f32(&self) -> ([f32; 3], [f32; 3]) {
+        (self.mean.map(|m| m as f32), self.std.map(|s| s as f32))
     }
 
     /// The recipe as a JSON object (for `start` events and sidecars).
@@ -298,7 +303,7 @@ fn parse_num<T: std::str::FromStr>(s: &str) -> Result<T, String> {
     s.trim().parse::<T>().map_err(|_| format!("{s:?} is not a valid number here"))
 }
 
-fn parse_triple(s: &str) -> Result<[f32; 3], String> {
+fn parse_triple(s: &str) -> Result<[f64; 3], String> {
     let p: Vec<&str> = s.split(',').collect();
     if p.len() != 3 {
         return Err(format!("expected three numbers r,g,b, got {s:?}"));

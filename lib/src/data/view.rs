@@ -117,7 +117,8 @@ fn render_view_inner(src: &RgbImage, p: &ViewParams, size: u32) -> Planar {
 pub fn apply_view(src: &RgbImage, p: &ViewParams, recipe: &Recipe, out: &mut [f32]) {
     with_simd(|| {
         let img = render_view_inner(src, p, recipe.size);
-        ops::normalize_into(&img, recipe.mean, recipe.std, out);
+        let (mean, std) = recipe.norm_f32();
+        ops::normalize_into(&img, mean, std, out);
     })
 }
 
@@ -135,5 +136,6 @@ fn apply_eval_inner(src: &RgbImage, recipe: &Recipe, out: &mut [f32]) {
     let full = CropBox { top: 0, left: 0, height: src.height(), width: src.width() };
     let img =
         ops::resized_crop(src, full, rw as usize, rh as usize, [left as usize, top as usize, c as usize, c as usize]);
-    ops::normalize_into(&img, recipe.mean, recipe.std, out);
+    let (mean, std) = recipe.norm_f32();
+    ops::normalize_into(&img, mean, std, out);
 }
