@@ -1,0 +1,357 @@
+//! Data sets: every DATA form of the tools behind one trait, [`Dataset`], opened by [`open`].
+//!
+//! | DATA | kind | labels |
+//! |---|---|---|
+//! | a folder with class sub-folders | `imagefolder` | index of the sub-folder among the sorted names (torchvision's ImageFolder); files found recursively, sorted |
+//! | a folder of images | `folder` | none |
+//! | a list file of `<label> <relpath>` lines (the official `.ext` files) | `list` | the numbers given; paths under `--root` (default: the list's folder) |
+//! | a list file of bare names `n01440764_10026.JPEG` (SimCLR's `1percent.txt`, CRLF or LF) | `list` | the synset (name before `_`) is the folder `<root>/<synset>/<name>`; the label is its index among the sorted class folders of `--root` (required) |
+//! | `*-images-idx3-ubyte[.gz]` (MNIST, Fashion-MNIST) | `idx` | from `*-labels-idx1-ubyte[.gz]` next to it, if present; grey becomes 3 channels |
+//! | `.npy` uint8 `[N,H,W]` or `[N,H,W,C]` (C = 1, 3 or 4; alpha dropped) | `npy-u8` | none |
+//! | `.npy` float32 `[N,3,H,W]`, already normalised | `npy-f32` | none; used as they are: [`Dataset::load`] refuses (no augmentation is possible), [`Dataset::load_prepared`] gives the tensor |
+//!
+//! Image files are recognised by extension in folders (`.jpg .jpeg .png .webp`, any case; other files
+//! are counted and ignored) and decoded by content ([`crate::data::decode`]). Files are read when an
+//! item is loaded, never at [`open`] (except to list folders), so a bad file shows up as a failed
+//! [`Dataset::load`] naming it, which the loaders skip or, under `strict`, report as an error.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use image::RgbImage;
+use sha2::{Digest, Sha256};
+
+use crate::data::decode::{decode_rgb, MAX_PIXELS};
+
+/// Where the data is: the DATA argument, `--root` for list files, `--strict`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataSpec {
+    pub path: PathBuf,
+    /// The folder that list-file paths are relative to (required for bare-name lists).
+    pub root: Option<PathBuf>,
+    /// Whether an unreadable item is an error (true) or skipped with a warning (false). Carried
+    /// here for the tools; the loaders take it from their own config.
+    pub strict: bool,
+}
+
+impl DataSpec {
+    /// A spec for `path` with no root, not strict.
+    pub fn new(path: impl Into<PathBuf>) -> DataSpec {
+        DataSpec { path: path.into(), root: None, strict: false }
+    }
+}
+
+/// Already-normalised float tensors (`.npy` float32 `[N,3,H,W]`): the shape of one item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PreparedShape {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+/// A data set of images, read-only and shareable between threads.
+pub trait Dataset: Send + Sync {
+    /// Number of items.
+    fn len(&self) -> usize;
+    /// Whether there are no items.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The label of item `i`, when the data has labels.
+    fn label(&self, i: usize) -> Option<i64>;
+    /// The number of classes, when the data has labels.
+    fn num_classes(&self) -> Option<usize>;
+    /// A name for item `i` in messages: its path, or `FILE[i]` for array data.
+    fn name(&self, i: usize) -> String;
+    /// Item `i` as upright 8-bit RGB. Fails, naming nothing (the caller adds [`Dataset::name`]),
+    /// for an unreadable or undecodable file.
+    fn load(&self, i: usize) -> Result<RgbImage>;
+    /// One line for humans and `start` events: kind, count, path, classes.
+    fn describe(&self) -> String;
+    /// A cheap identity of the data: kind, count and a hash of the names (and file sizes, for files).
+    fn fingerprint(&self) -> String;
+    /// `Some` for already-normalised tensors, which can only be used as they are.
+    fn prepared(&self) -> Option<PreparedShape> {
+        None
+    }
+    /// Item `i` of already-normalised tensor data (CHW f32).
+    fn load_prepared(&self, i: usize) -> Result<Vec<f32>> {
+        let _ = i;
+        bail!("{} holds images, not prepared tensors", self.describe())
+    }
+}
+
+/// Opens any DATA form (see the module docs). A missing path, an empty data set or a malformed list,
+/// IDX or `.npy` file is an error naming the file and the fix.
+pub fn open(spec: &DataSpec) -> Result<Arc<dyn Dataset>> {
+    let path = &spec.path;
+    let meta = fs::metadata(path).with_context(|| format!("DATA {}: no such file or folder", path.display()))?;
+    let ds: Arc<dyn Dataset> = if meta.is_dir() {
+        Arc::new(FileList::from_folder(path)?)
+    } else {
+        let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+        if name.ends_with(".npy") {
+            crate::data::arrays::open_npy(path)?
+        } else if name.contains("idx3-ubyte") || crate::data::arrays::is_idx_file(path) {
+            Arc::new(crate::data::arrays::Idx::open(path)?)
+        } else {
+            Arc::new(FileList::from_list(path, spec.root.as_deref())?)
+        }
+    };
+    if ds.is_empty() {
+        bail!(
+            "DATA {}: no images found ({}); give a folder of .jpg/.png/.webp files, a list file, IDX or .npy data",
+            path.display(),
+            ds.describe()
+        );
+    }
+    Ok(ds)
+}
+
+/// The image extensions looked for in folders.
+pub const IMAGE_EXTENSIONS: [&str; 4] = ["jpg", "jpeg", "png", "webp"];
+
+fn is_image_name(p: &Path) -> bool {
+    p.extension().and_then(|e| e.to_str()).is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
+}
+
+fn is_hidden(name: &std::ffi::OsStr) -> bool {
+    name.to_string_lossy().starts_with('.')
+}
+
+/// Image files on disk, with optional labels: folders, ImageFolders and list files.
+pub struct FileList {
+    kind: &'static str,
+    source: PathBuf,
+    /// The folder that names are relative to in the fingerprint.
+    base: PathBuf,
+    files: Vec<PathBuf>,
+    labels: Option<Vec<i64>>,
+    num_classes: Option<usize>,
+    ignored: usize,
+}
+
+/// Sorted, non-hidden entries of a folder.
+fn sorted_entries(dir: &Path) -> Result<Vec<(String, PathBuf, bool)>> {
+    let mut v = Vec::new();
+    for e in fs::read_dir(dir).with_context(|| format!("could not list the folder {}", dir.display()))? {
+        let e = e.with_context(|| format!("could not list the folder {}", dir.display()))?;
+        if is_hidden(&e.file_name()) {
+            continue;
+        }
+        let p = e.path();
+        let is_dir = fs::metadata(&p).map(|m| m.is_dir()).unwrap_or(false); // follows links, like os.walk(followlinks=True)
+        v.push((e.file_name().to_string_lossy().into_owned(), p, is_dir));
+    }
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(v)
+}
+
+/// Image files under `dir`, recursively, in torchvision's order (sorted folders, sorted names).
+fn walk_images(dir: &Path, out: &mut Vec<PathBuf>, ignored: &mut usize, depth: usize) -> Result<()> {
+    if depth > 64 {
+        bail!("{}: folders nested more than 64 deep (a link loop?)", dir.display());
+    }
+    let entries = sorted_entries(dir)?;
+    for (_, p, is_dir) in &entries {
+        if !is_dir {
+            if is_image_name(p) {
+                out.push(p.clone());
+            } else {
+                *ignored += 1;
+            }
+        }
+    }
+    for (_, p, is_dir) in entries {
+        if is_dir {
+            walk_images(&p, out, ignored, depth + 1)?;
+        }
+    }
+    Ok(())
+}
+
+/// The sorted class folder names of `root`.
+pub fn class_folders(root: &Path) -> Result<Vec<String>> {
+    Ok(sorted_entries(root)?.into_iter().filter(|e| e.2).map(|e| e.0).collect())
+}
+
+impl FileList {
+    /// A folder: with sub-folders, an ImageFolder (loose files at the top are ignored); without, a
+    /// flat folder of unlabeled images.
+    pub fn from_folder(dir: &Path) -> Result<FileList> {
+        let classes = class_folders(dir)?;
+        let mut files = Vec::new();
+        let mut ignored = 0;
+        if classes.is_empty() {
+            walk_images(dir, &mut files, &mut ignored, 0)?;
+            return Ok(FileList {
+                kind: "folder",
+                source: dir.to_path_buf(),
+                base: dir.to_path_buf(),
+                files,
+                labels: None,
+                num_classes: None,
+                ignored,
+            });
+        }
+        ignored = sorted_entries(dir)?.iter().filter(|e| !e.2).count();
+        let mut labels = Vec::new();
+        for (k, c) in classes.iter().enumerate() {
+            let before = files.len();
+            walk_images(&dir.join(c), &mut files, &mut ignored, 1)?;
+            labels.extend(std::iter::repeat_n(k as i64, files.len() - before));
+        }
+        Ok(FileList {
+            kind: "imagefolder",
+            source: dir.to_path_buf(),
+            base: dir.to_path_buf(),
+            files,
+            labels: Some(labels),
+            num_classes: Some(classes.len()),
+            ignored,
+        })
+    }
+
+    /// A list file: `<label> <relpath>` lines, or bare SimCLR-style names resolved as
+    /// `<root>/<synset>/<name>`. Blank lines are skipped; CRLF and LF both work.
+    pub fn from_list(list: &Path, root: Option<&Path>) -> Result<FileList> {
+        let text = fs::read(list).with_context(|| format!("could not read the list file {}", list.display()))?;
+        let text = String::from_utf8(text).map_err(|_| {
+            anyhow::anyhow!(
+                "{}: not a UTF-8 text list (DATA must be a folder, a list file, IDX or .npy data)",
+                list.display()
+            )
+        })?;
+        let base: PathBuf =
+            root.map(Path::to_path_buf).unwrap_or_else(|| list.parent().unwrap_or(Path::new(".")).to_path_buf());
+        let mut files = Vec::new();
+        let mut labels = Vec::new();
+        let mut bare = None;
+        let mut classes: Option<Vec<String>> = None;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            let mut parts = line.split_whitespace();
+            let first = parts.next().unwrap_or("");
+            let rest: Vec<&str> = parts.collect();
+            let labelled = rest.len() == 1 && first.parse::<i64>().is_ok();
+            match bare {
+                None => bare = Some(!labelled),
+                Some(b) if b == labelled => bail!(
+                    "{} line {}: mixes `<label> <path>` lines and bare names; use one form per list",
+                    list.display(),
+                    n + 1
+                ),
+                _ => {}
+            }
+            if labelled {
+                let label: i64 = first.parse().expect("checked");
+                if label < 0 {
+                    bail!("{} line {}: negative label {label}", list.display(), n + 1);
+                }
+                files.push(base.join(rest[0]));
+                labels.push(label);
+            } else {
+                if !rest.is_empty() {
+                    bail!(
+                        "{} line {}: expected `<label> <path>` or one bare file name, got {line:?}",
+                        list.display(),
+                        n + 1
+                    );
+                }
+                let root = root.ok_or_else(|| {
+                    crate::LewelError::Usage(format!(
+                        "{} lists bare file names (like SimCLR's 1percent.txt); give --root, the folder that holds the class folders (n01440764/, ...)",
+                        list.display()
+                    ))
+                })?;
+                let classes = match &mut classes {
+                    Some(c) => c,
+                    None => classes.insert(class_folders(root)?),
+                };
+                let synset = first.split('_').next().unwrap_or(first);
+                let label = classes.binary_search_by(|c| c.as_str().cmp(synset)).map_err(|_| {
+                    anyhow::anyhow!(
+                        "{} line {}: {first} belongs to class folder {synset}, which {} does not have; check --root",
+                        list.display(),
+                        n + 1,
+                        root.display()
+                    )
+                })?;
+                files.push(root.join(synset).join(first));
+                labels.push(label as i64);
+            }
+        }
+        let num_classes = match &classes {
+            Some(c) => Some(c.len()),
+            None => labels.iter().max().map(|&m| m as usize + 1),
+        };
+        Ok(FileList {
+            kind: "list",
+            source: list.to_path_buf(),
+            base,
+            files,
+            labels: Some(labels),
+            num_classes,
+            ignored: 0,
+        })
+    }
+
+    /// The path of item `i`.
+    pub fn path(&self, i: usize) -> &Path {
+        &self.files[i]
+    }
+}
+
+impl Dataset for FileList {
+    fn len(&self) -> usize {
+        self.files.len()
+    }
+    fn label(&self, i: usize) -> Option<i64> {
+        self.labels.as_ref().map(|l| l[i])
+    }
+    fn num_classes(&self) -> Option<usize> {
+        self.num_classes
+    }
+    fn name(&self, i: usize) -> String {
+        self.files[i].display().to_string()
+    }
+    fn load(&self, i: usize) -> Result<RgbImage> {
+        let mut bytes = Vec::new();
+        fs::File::open(&self.files[i])
+            .and_then(|mut f| f.read_to_end(&mut bytes))
+            .context("could not read the file")?;
+        Ok(decode_rgb(&bytes, MAX_PIXELS)?)
+    }
+    fn describe(&self) -> String {
+        let mut s = format!("{} {} ({} images", self.kind, self.source.display(), self.files.len());
+        if let Some(c) = self.num_classes {
+            s += &format!(", {c} classes");
+        }
+        if self.ignored > 0 {
+            s += &format!(", {} other files ignored", self.ignored);
+        }
+        s + ")"
+    }
+    fn fingerprint(&self) -> String {
+        let mut h = Sha256::new();
+        for (i, f) in self.files.iter().enumerate() {
+            h.update(f.strip_prefix(&self.base).unwrap_or(f).to_string_lossy().as_bytes());
+            h.update(b"\0");
+            let size = fs::metadata(f).map(|m| m.len()).unwrap_or(u64::MAX);
+            h.update(size.to_le_bytes());
+            h.update(self.label(i).unwrap_or(-1).to_le_bytes());
+        }
+        format!("{}:{}:{}", self.kind, self.files.len(), hex16(&h.finalize()))
+    }
+}
+
+/// The first 16 hex digits of a digest.
+pub(crate) fn hex16(d: &[u8]) -> String {
+    d.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,136 @@
+//! Writing `.npy` files (format version 1.0, little-endian float32, C order), streamed row by row
+//! into a temporary file that is renamed over the real name only when complete (see [`crate::fsio`]).
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+/// The `.npy` header for a little-endian float32 C-order array of `shape`, padded so the data starts
+/// at a multiple of 64 bytes.
+pub fn f32_header(shape: &[usize]) -> Vec<u8> {
+    let dims = match shape {
+        [one] => format!("({one},)"),
+        _ => format!("({})", shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
+    };
+    let mut dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {dims}, }}");
+    let unpadded = 10 + dict.len() + 1;
+    dict.push_str(&" ".repeat(unpadded.next_multiple_of(64) - unpadded));
+    dict.push('\n');
+    let mut h = Vec::with_capacity(10 + dict.len());
+    h.extend_from_slice(b"\x93NUMPY\x01\x00");
+    h.extend_from_slice(&(dict.len() as u16).to_le_bytes());
+    h.extend_from_slice(dict.as_bytes());
+    h
+}
+
+/// A float32 `.npy` file being written: rows are appended, [`NpyWriter::commit`] checks the count,
+/// syncs and renames. Dropped without commit, it removes its temporary file.
+pub struct NpyWriter {
+    path: PathBuf,
+    tmp: PathBuf,
+    w: Option<BufWriter<File>>,
+    expected: usize,
+    written: usize,
+    buf: Vec<u8>,
+}
+
+impl NpyWriter {
+    /// Starts `path` for an array of `shape` (the values are `shape.product()` floats).
+    pub fn create(path: &Path, shape: &[usize]) -> Result<NpyWriter> {
+        let tmp = crate::fsio::temp_path_for(path);
+        let file = File::create(&tmp).with_context(|| format!("could not create {}", tmp.display()))?;
+        let mut w = BufWriter::with_capacity(1 << 20, file);
+        w.write_all(&f32_header(shape)).with_context(|| format!("could not write {}", tmp.display()))?;
+        Ok(NpyWriter {
+            path: path.to_path_buf(),
+            tmp,
+            w: Some(w),
+            expected: shape.iter().product(),
+            written: 0,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Appends values.
+    pub fn write(&mut self, values: &[f32]) -> Result<()> {
+        self.written += values.len();
+        let w = self.w.as_mut().expect("not committed");
+        let bytes: &[u8] = if cfg!(target_endian = "little") {
+            // SAFETY: f32 has no padding and no invalid bit patterns as bytes; u8 needs no alignment;
+            // the byte slice covers exactly the memory of `values` and lives no longer than it.
+            unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), std::mem::size_of_val(values)) }
+        } else {
+            self.buf.clear();
+            for v in values {
+                self.buf.extend_from_slice(&v.to_le_bytes());
+            }
+            &self.buf
+        };
+        w.write_all(bytes).with_context(|| format!("could not write {}", self.tmp.display()))
+    }
+
+    /// Finishes the file: all values written, synced, renamed to the real name.
+    pub fn commit(mut self) -> Result<()> {
+        anyhow::ensure!(
+            self.written == self.expected,
+            "{}: wrote {} values, expected {}",
+            self.path.display(),
+            self.written,
+            self.expected
+        );
+        let w = self.w.take().expect("not committed");
+        let r = (|| -> io::Result<()> {
+            let f = w.into_inner().map_err(|e| e.into_error())?;
+            f.sync_all()?;
+            drop(f);
+            fs::rename(&self.tmp, &self.path)?;
+            if let Ok(d) =
+                File::open(self.path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))
+            {
+                let _ = d.sync_all();
+            }
+            Ok(())
+        })();
+        r.with_context(|| format!("could not write {}", self.path.display()))
+    }
+}
+
+impl Drop for NpyWriter {
+    fn drop(&mut self) {
+        if self.w.take().is_some() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_is_aligned_and_readable() {
+        let h = f32_header(&[3, 2, 3, 4, 4]);
+        assert_eq!(h.len() % 64, 0);
+        let d = std::env::temp_dir().join(format!("lewel-npy-{}", std::process::id()));
+        fs::create_dir_all(&d).unwrap();
+        let p = d.join("a.npy");
+        let mut w = NpyWriter::create(&p, &[2, 3]).unwrap();
+        w.write(&[1.0, 2.0, 3.0]).unwrap();
+        w.write(&[4.0, 5.0, 6.5]).unwrap();
+        w.commit().unwrap();
+        let bytes = fs::read(&p).unwrap();
+        let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
+        assert_eq!(npy.shape(), &[2, 3]);
+        assert_eq!(npy.into_vec::<f32>().unwrap(), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.5]);
+        // Uncommitted: no file, no temp left.
+        let q = d.join("b.npy");
+        let mut w = NpyWriter::create(&q, &[2]).unwrap();
+        w.write(&[1.0]).unwrap();
+        drop(w);
+        assert!(!q.exists());
+        assert_eq!(fs::read_dir(&d).unwrap().count(), 1);
+        fs::remove_dir_all(&d).unwrap();
+    }
+}
