@@ -63,12 +63,22 @@ pub struct PretrainConfig {
 pub enum Input {
     /// float32 `[N,2,3,H,W]` normalised view pairs, in file order.
     Views { path: PathBuf },
+    /// A data set (any DATA form), augmented on the fly with `recipe`; order and views from (seed, epoch, index).
+    Data {
+        path: PathBuf,
+        root: Option<PathBuf>,
+        recipe: crate::data::Recipe,
+        /// An unreadable image stops the run (else it is replaced, and reported as a `warn` event).
+        strict: bool,
+    },
 }
 
 /// Settings that do not change the run's numbers (not part of the resume check).
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub device: Device,
+    /// Data worker threads (0: one per core); results do not depend on it.
+    pub threads: usize,
     pub log_every: u64,
     /// Stop after this global step (a checkpoint is written), as if interrupted but exiting 0.
     pub max_steps: Option<u64>,
@@ -88,12 +98,95 @@ pub struct StepReport {
     pub data_wait_frac: f64,
 }
 
-/// A source of view-pair batches for one epoch, starting at a given step.
-trait ViewSource {
-    fn len(&self) -> usize;
-    fn steps_per_epoch(&self, batch: usize) -> usize;
-    fn batch(&self, epoch: u64, step: usize, batch: usize) -> Result<(Tensor, Tensor)>;
-    fn describe(&self) -> Value;
+/// One batch of view pairs, with what the loader measured and skipped.
+struct SourceBatch {
+    v1: Tensor,
+    v2: Tensor,
+    /// Seconds the loop waited for the batch (None: measure around the call).
+    wait_s: Option<f64>,
+    /// Items that could not be read: (index, reason).
+    skipped: Vec<(usize, String)>,
+}
+
+/// Where batches come from: pre-augmented views or a data set augmented on the fly.
+enum Source {
+    Views(ViewsFile),
+    Data(crate::data::TwoViewLoader),
+}
+
+impl Source {
+    fn open(input: &Input, cfg: &PretrainConfig, threads: usize) -> Result<Source> {
+        Ok(match input {
+            Input::Views { path } => Source::Views(ViewsFile::open(path)?),
+            Input::Data { path, root, recipe, strict } => {
+                let data = crate::data::open(&crate::data::DataSpec {
+                    path: path.clone(),
+                    root: root.clone(),
+                    strict: *strict,
+                })?;
+                let lc = crate::data::LoaderConfig {
+                    seed: cfg.seed,
+                    batch_size: cfg.batch_size,
+                    threads,
+                    prefetch: 2,
+                    shuffle: true,
+                    drop_last: true,
+                    strict: *strict,
+                };
+                Source::Data(crate::data::TwoViewLoader::new(data, recipe.clone(), lc)?)
+            }
+        })
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Source::Views(v) => v.len(),
+            Source::Data(l) => l.dataset().len(),
+        }
+    }
+
+    /// The name of item `i` (for warnings).
+    fn item_name(&self, i: usize) -> String {
+        match self {
+            Source::Views(v) => format!("{}[{i}]", v.path.display()),
+            Source::Data(l) => l.dataset().name(i),
+        }
+    }
+
+    fn describe(&self) -> Value {
+        match self {
+            Source::Views(v) => {
+                let s = v.data.size();
+                serde_json::json!({"input": "views", "path": v.path.display().to_string(), "images": s[0], "size_px": s[4]})
+            }
+            Source::Data(l) => serde_json::json!({
+                "input": "data",
+                "data": l.dataset().describe(),
+                "images": l.dataset().len(),
+                "data_fingerprint": l.dataset().fingerprint(),
+                "size_px": l.recipe().size(),
+            }),
+        }
+    }
+
+    /// The batches of `epoch` from step `start` on.
+    fn epoch(&self, epoch: u64, start: usize, batch: usize) -> Box<dyn Iterator<Item = Result<SourceBatch>> + '_> {
+        match self {
+            Source::Views(v) => Box::new((start..v.len() / batch).map(move |k| {
+                let b = v.data.narrow(0, (k * batch) as i64, batch as i64); // [b, 2, 3, h, w]
+                Ok(SourceBatch {
+                    v1: b.select(1, 0).contiguous(),
+                    v2: b.select(1, 1).contiguous(),
+                    wait_s: None,
+                    skipped: Vec::new(),
+                })
+            })),
+            Source::Data(l) => Box::new(
+                l.epoch(epoch, start)
+                    .map(|b| b.map(|b| SourceBatch { v1: b.v1, v2: b.v2, wait_s: Some(b.wait_s), skipped: b.skipped })),
+            ),
+        }
+    }
 }
 
 /// Pre-augmented views from a `.npy` file, read whole into memory.
@@ -103,6 +196,10 @@ struct ViewsFile {
 }
 
 impl ViewsFile {
+    fn len(&self) -> usize {
+        self.data.size()[0] as usize
+    }
+
     fn open(path: &std::path::Path) -> Result<Self> {
         let bytes = std::fs::read(path).with_context(|| format!("could not read --views {}", path.display()))?;
         let npy =
@@ -122,23 +219,6 @@ impl ViewsFile {
         let values: Vec<f32> = npy.into_vec().with_context(|| format!("--views {}: truncated data", path.display()))?;
         let data = Tensor::from_slice(&values).view(shape.as_slice());
         Ok(ViewsFile { path: path.to_path_buf(), data })
-    }
-}
-
-impl ViewSource for ViewsFile {
-    fn len(&self) -> usize {
-        self.data.size()[0] as usize
-    }
-    fn steps_per_epoch(&self, batch: usize) -> usize {
-        self.len() / batch
-    }
-    fn batch(&self, _epoch: u64, step: usize, batch: usize) -> Result<(Tensor, Tensor)> {
-        let b = self.data.narrow(0, (step * batch) as i64, batch as i64); // [b, 2, 3, h, w]
-        Ok((b.select(1, 0).contiguous(), b.select(1, 1).contiguous()))
-    }
-    fn describe(&self) -> Value {
-        let s = self.data.size();
-        serde_json::json!({"input": "views", "path": self.path.display().to_string(), "images": s[0], "size_px": s[4]})
     }
 }
 
@@ -166,16 +246,14 @@ pub fn run(
     sink: &mut dyn EventSink,
     progress: &mut dyn FnMut(&StepReport),
 ) -> Result<PathBuf> {
-    let source: Box<dyn ViewSource> = match &cfg.input {
-        Input::Views { path } => Box::new(ViewsFile::open(path)?),
-    };
+    let source = Source::open(&cfg.input, cfg, opts.threads)?;
     if cfg.batch_size == 0 {
         return Err(LewelError::Usage("--batch-size must be at least 1".into()).into());
     }
     if source.len() < cfg.batch_size {
         bail!("--batch-size {} is larger than the data set ({} images); lower it", cfg.batch_size, source.len());
     }
-    let spe = source.steps_per_epoch(cfg.batch_size) as u64;
+    let spe = (source.len() / cfg.batch_size) as u64;
     let total = spe * cfg.epochs;
 
     let (_vs, model, mut opt) = build(cfg, opts.device)?;
@@ -206,7 +284,22 @@ pub fn run(
         start = start.str("resumed_from", r.clone());
     }
     let cfg_json = serde_json::to_value(cfg)?;
-    start = start.merge(&flatten(&cfg_json)).merge(&flatten(&source.describe()));
+    let described = source.describe();
+    if opts.resume {
+        let stored = run_dir.read_config()?;
+        if stored.get("data").is_some_and(|d| *d != described) {
+            sink.emit(&Event::new(TOOL, "warn").str(
+                "message",
+                format!(
+                    "the data differ from those the run started with ({} then, {} now); the resumed run is not an exact continuation",
+                    stored["data"], described
+                ),
+            ))?;
+        }
+    } else {
+        run_dir.write_config(&serde_json::json!({ "pretrain": cfg_json, "data": described }))?;
+    }
+    start = start.merge(&flatten(&cfg_json)).merge(&flatten(&described));
     sink.emit(&start)?;
 
     let info = |epoch_end: bool| serde_json::json!({"config": cfg_json, "seed": cfg.seed, "epoch_end": epoch_end});
@@ -230,13 +323,22 @@ pub fn run(
     let mut step = start_step;
     let mut window = Window::default();
     let stop_at = opts.max_steps.map(|m| m.min(total)).unwrap_or(total);
+    let mut batches = source.epoch(step / spe, (step % spe) as usize, cfg.batch_size);
     while step < stop_at {
         let epoch = step / spe;
         let in_epoch = (step % spe) as usize;
         let wait0 = Instant::now();
-        let (v1, v2) = source.batch(epoch, in_epoch, cfg.batch_size)?;
-        let (v1, v2) = (v1.to_device(opts.device), v2.to_device(opts.device));
-        let wait_s = wait0.elapsed().as_secs_f64();
+        let batch = batches.next().context("the data ended before the epoch did")??;
+        let wait_s = batch.wait_s.unwrap_or_else(|| wait0.elapsed().as_secs_f64());
+        for (i, why) in &batch.skipped {
+            sink.emit(
+                &Event::new(TOOL, "warn")
+                    .str("message", format!("skipped {}: {why}", source.item_name(*i)))
+                    .int("index", *i as i64)
+                    .int("step", step as i64),
+            )?;
+        }
+        let (v1, v2) = (batch.v1.to_device(opts.device), batch.v2.to_device(opts.device));
 
         let lr = schedule::lr_at(cfg.lr, cfg.warmup_epochs, cfg.epochs, epoch, in_epoch as u64, spe);
         let m = schedule::ema_momentum(cfg.ema_momentum, step, total);
@@ -305,6 +407,9 @@ pub fn run(
                     .num("elapsed_s", t0.elapsed().as_secs_f64()),
             )?;
             window.new_epoch();
+            if step < stop_at {
+                batches = source.epoch(step / spe, 0, cfg.batch_size);
+            }
         }
         let due = (cfg.ckpt_every_steps > 0 && step % cfg.ckpt_every_steps == 0)
             || (epoch_end && cfg.ckpt_every_epochs > 0 && (step / spe) % cfg.ckpt_every_epochs == 0);

@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use lewel::cli::CommonArgs;
+use lewel::data::Recipe;
 use lewel::model::{Arch, EmaMode, Method, Stem};
 use lewel::optim::OptimizerKind;
 use lewel::run::RunDir;
@@ -30,12 +31,38 @@ const EXAMPLE: &str = "  augment images/ --recipe lewel-b-small --out views.npy
 #[derive(Debug, Parser)]
 #[command(name = "pretrain", version, args_override_self = true, after_help = lewel::stub::help_tail(EXAMPLE))]
 struct Args {
-    /// The images (DATA). Not yet supported: pass pre-augmented views with --views (issue 3 brings DATA).
+    /// The images (DATA): an image folder (class sub-folders or flat), a list file, IDX files (MNIST,
+    /// Fashion-MNIST; .gz or raw) or a .npy array; augmented on the fly with --recipe.
     data: Option<PathBuf>,
+
+    /// For list files: the folder their paths are relative to.
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
+
+    /// Augmentation recipe for DATA: lewel-b (official), byol, mocov2, or their -small variants for
+    /// 32 px images (default: lewel-b, or lewel-b-small with a small-* preset).
+    #[arg(long, value_name = "NAME")]
+    recipe: Option<String>,
+
+    /// Override one recipe parameter, KEY=VALUE (as `augment --set`); repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+
+    /// Side of the views in pixels (default: the recipe's; 224, or 32 for -small recipes).
+    #[arg(long, value_name = "PX")]
+    size: Option<u32>,
+
+    /// Data worker threads (0: one per core). Results do not depend on it.
+    #[arg(long, default_value_t = 0, value_name = "T")]
+    threads: usize,
+
+    /// Stop at the first unreadable image (default: replace it, and report a `warn` event).
+    #[arg(long)]
+    strict: bool,
 
     /// Pre-augmented, normalised view pairs: float32 [N,2,3,H,W] .npy (from `augment`), read in file
     /// order, --batch-size at a time, a last partial batch dropped.
-    #[arg(long, value_name = "FILE.npy")]
+    #[arg(long, value_name = "FILE.npy", conflicts_with = "data")]
     views: Option<PathBuf>,
 
     /// Start from a named configuration; any flag below overrides it. in1k-lewelb-eman-200ep (default),
@@ -151,7 +178,7 @@ value_enum!(OptimArg => OptimizerKind { Lars => OptimizerKind::Lars, Sgd => Opti
 
 impl Args {
     /// Applies every flag the user gave on top of `base`.
-    fn apply(&self, mut c: PretrainConfig) -> PretrainConfig {
+    fn apply(&self, mut c: PretrainConfig) -> Result<PretrainConfig> {
         let m = &mut c.model;
         macro_rules! set {
             ($dst:expr, $src:expr) => {
@@ -189,10 +216,28 @@ impl Args {
         if let Some(v) = &self.views {
             c.input = Input::Views { path: v.clone() };
         }
+        if let Some(d) = &self.data {
+            c.input =
+                Input::Data { path: d.clone(), root: self.root.clone(), recipe: self.recipe(&c)?, strict: self.strict };
+        }
         if let Some(i) = &self.init {
             c.init = Some(i.clone());
         }
-        c
+        Ok(c)
+    }
+
+    /// The augmentation recipe: --recipe (default by preset), then --size and every --set.
+    fn recipe(&self, c: &PretrainConfig) -> Result<Recipe> {
+        let default = if c.model.stem == Stem::Cifar { "lewel-b-small" } else { "lewel-b" };
+        let mut r = Recipe::preset(self.recipe.as_deref().unwrap_or(default))?;
+        if let Some(px) = self.size {
+            r.set(&format!("size={px}"))?;
+        }
+        for kv in &self.set {
+            r.set(kv)?;
+        }
+        r.validate()?;
+        Ok(r)
     }
 
     fn seed_given(&self) -> bool {
@@ -202,13 +247,18 @@ impl Args {
 
 fn run(args: Args) -> Result<()> {
     let device = args.common.device.resolve()?;
-    let opts =
-        RunOptions { device, log_every: args.log_every, max_steps: args.max_steps, resume: args.resume.is_some() };
+    let opts = RunOptions {
+        device,
+        threads: args.threads,
+        log_every: args.log_every,
+        max_steps: args.max_steps,
+        resume: args.resume.is_some(),
+    };
     let (cfg, run_dir) = if let Some(dir) = &args.resume {
         let run_dir = RunDir::open(dir)?;
         let stored: PretrainConfig = serde_json::from_value(run_dir.read_config()?["pretrain"].clone())
             .with_context(|| format!("{}: not a pretrain configuration", run_dir.config_path().display()))?;
-        let wanted = args.apply(stored.clone());
+        let wanted = args.apply(stored.clone())?;
         if wanted != stored {
             return Err(lewel::LewelError::Usage(format!(
                 "--resume {}: the flags given change the run's configuration ({}); a resume continues the same run, so give no training flags or start a new --out",
@@ -219,18 +269,11 @@ fn run(args: Args) -> Result<()> {
         }
         (stored, run_dir)
     } else {
-        if args.data.is_some() {
-            return Err(lewel::LewelError::NotImplemented {
-                what: "pre-training on DATA with on-the-fly augmentation (use --views FILE.npy from `augment`)".into(),
-                issue: 3,
-            }
-            .into());
-        }
-        if args.views.is_none() {
-            return Err(lewel::LewelError::Usage("give the input: --views FILE.npy".into()).into());
+        if args.views.is_none() && args.data.is_none() {
+            return Err(lewel::LewelError::Usage("give the input: DATA, or --views FILE.npy".into()).into());
         }
         let base = train::preset(args.preset.as_deref().unwrap_or(train::DEFAULT_PRESET))?;
-        let mut cfg = args.apply(base);
+        let mut cfg = args.apply(base)?;
         if !args.seed_given() {
             cfg.seed = args.common.seed;
         }
