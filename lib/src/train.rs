@@ -67,7 +67,7 @@ pub enum Input {
     Data {
         path: PathBuf,
         root: Option<PathBuf>,
-        recipe: crate::data::Recipe,
+        recipe: Box<crate::data::Recipe>,
         /// An unreadable image stops the run (else it is replaced, and reported as a `warn` event).
         strict: bool,
     },
@@ -133,7 +133,7 @@ impl Source {
                     drop_last: true,
                     strict: *strict,
                 };
-                Source::Data(crate::data::TwoViewLoader::new(data, recipe.clone(), lc)?)
+                Source::Data(crate::data::TwoViewLoader::new(data, (**recipe).clone(), lc)?)
             }
         })
     }

@@ -218,7 +218,7 @@ impl Args {
         }
         if let Some(d) = &self.data {
             c.input =
-                Input::Data { path: d.clone(), root: self.root.clone(), recipe: self.recipe(&c)?, strict: self.strict };
+                Input::Data { path: d.clone(), root: self.root.clone(), recipe: Box::new(self.recipe(&c)?), strict: self.strict };
         }
         if let Some(i) = &self.init {
             c.init = Some(i.clone());
