@@ -16,6 +16,7 @@ pub mod ckpt;
 pub mod cli;
 pub mod data;
 pub mod ema;
+pub mod embed;
 pub mod error;
 pub mod eval;
 pub mod events;

@@ -1,14 +1,105 @@
-use lewel::testing::{check_help, check_not_implemented};
+//! Black-box tests of `embed` on the Fashion-MNIST fixtures with a tiny checkpoint.
+
+use std::path::{Path, PathBuf};
+
+use lewel::model::{Arch, Lewel, ModelConfig, Stem};
+use lewel::testing::{check_help, json_lines, run_tool};
 
 const BIN: &str = env!("CARGO_BIN_EXE_embed");
+const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures");
 
-#[test]
-fn help_lists_exit_codes_and_an_example() {
-    check_help(BIN, "embed");
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("lewel-embed-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A tiny CIFAR-stem checkpoint with non-default BN statistics.
+fn checkpoint(dir: &Path) -> PathBuf {
+    tch::manual_seed(3);
+    let cfg = ModelConfig {
+        arch: Arch::Resnet18,
+        stem: Stem::Cifar,
+        width: 4,
+        proj_dim: 8,
+        hidden_dim: 16,
+        ..ModelConfig::default()
+    };
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let model = Lewel::new(&vs, &cfg).unwrap();
+    let x = tch::Tensor::randn([8, 3, 32, 32], (tch::Kind::Float, tch::Device::Cpu));
+    let _ = model.forward_loss(&x, &x.flip([3])).unwrap(); // moves the BN running statistics
+    let ck = dir.join("ckpt");
+    std::fs::create_dir_all(&ck).unwrap();
+    lewel::ckpt::save(&ck, 1, 0, &model.state_dict(), &serde_json::json!({"config": {"model": cfg}})).unwrap()
+}
+
+fn read_f32(path: &Path) -> (Vec<u64>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap();
+    let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
+    (npy.shape().to_vec(), npy.into_vec().unwrap())
 }
 
 #[test]
-fn refuses_to_pretend() {
-    check_not_implemented(BIN, &[]);
-    check_not_implemented(BIN, &["--seed", "1", "some/data"]);
+fn help_lists_exit_codes_and_an_example() {
+    check_help(BIN, "embed --ckpt");
+}
+
+#[test]
+fn features_are_row_per_item_with_labels_and_independent_of_batching() {
+    let d = scratch("run");
+    let ck = checkpoint(&d);
+    let data = format!("{FIX}/fashion-mnist-tiny/t10k-images-idx3-ubyte");
+    let a = d.join("a.npy");
+    let out = run_tool(BIN, &["--ckpt", ck.to_str().unwrap(), "--data", &data, "--out", a.to_str().unwrap(), "-q"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let ev = json_lines(&out.stdout);
+    assert_eq!(ev.last().unwrap()["event"], "end");
+    assert_eq!(ev.last().unwrap()["rows"], 100);
+    let (shape, fa) = read_f32(&a);
+    assert_eq!(shape, vec![100, 32]); // width 4 -> 8 * 4 channels after layer4
+    assert!(fa.iter().all(|v| v.is_finite()));
+    // Labels equal the IDX labels file (10 per class, in file order).
+    let bytes = std::fs::read(d.join("a.labels.npy")).unwrap();
+    let labels: Vec<i64> = npyz::NpyFile::new(&bytes[..]).unwrap().into_vec().unwrap();
+    let idx = std::fs::read(format!("{FIX}/fashion-mnist-tiny/t10k-labels-idx1-ubyte")).unwrap();
+    assert_eq!(labels, idx[8..].iter().map(|&b| b as i64).collect::<Vec<_>>());
+    // Another batch size and thread count: the same bytes (eval-mode BN: rows are independent).
+    let b = d.join("b.npy");
+    let out = run_tool(
+        BIN,
+        &[
+            "--ckpt",
+            d.to_str().unwrap(),
+            "--data",
+            &data,
+            "--out",
+            b.to_str().unwrap(),
+            "--batch-size",
+            "7",
+            "--threads",
+            "1",
+            "-q",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(read_f32(&b).1, fa);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn bad_inputs_fail_clearly() {
+    let d = scratch("bad");
+    let ck = checkpoint(&d);
+    let out = d.join("f.npy");
+    let o = run_tool(BIN, &["--ckpt", "/nonexistent/ckpt", "--data", FIX, "--out", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent/ckpt"));
+    let o =
+        run_tool(BIN, &["--ckpt", ck.to_str().unwrap(), "--data", "/nonexistent/data", "--out", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent/data"));
+    assert!(!out.exists(), "a failed run left an output file");
+    let _ = std::fs::remove_dir_all(&d);
 }

@@ -217,8 +217,12 @@ impl Args {
             c.input = Input::Views { path: v.clone() };
         }
         if let Some(d) = &self.data {
-            c.input =
-                Input::Data { path: d.clone(), root: self.root.clone(), recipe: Box::new(self.recipe(&c)?), strict: self.strict };
+            c.input = Input::Data {
+                path: d.clone(),
+                root: self.root.clone(),
+                recipe: Box::new(self.recipe(&c)?),
+                strict: self.strict,
+            };
         }
         if let Some(i) = &self.init {
             c.init = Some(i.clone());
