@@ -2,9 +2,34 @@
 //!
 //! LEWEL: <https://arxiv.org/abs/2203.14898>. Ports `utils/lr_schedule.py` (`warmup_learning_rate`,
 //! `adjust_learning_rate` with `--cos`) and the momentum formula of `momentum_update`, as described in
-//! `reference/lewel-official.md` §5.3 and §3.
+//! `reference/lewel-official.md` §5.3 and §3. LEWEL_M and MoCo v2 keep the momentum fixed
+//! ([`EmaSchedule::Constant`]; paper: "fix the momentum of encoder to 0.999").
 
 use std::f64::consts::PI;
+
+use serde::{Deserialize, Serialize};
+
+/// How the EMA momentum evolves over the run.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub enum EmaSchedule {
+    /// From the base momentum to 1 along a cosine ([`ema_momentum`]; LEWEL_B, BYOL).
+    #[default]
+    #[serde(rename = "cosine")]
+    Cosine,
+    /// The base momentum at every step (LEWEL_M, MoCo: 0.999).
+    #[serde(rename = "constant")]
+    Constant,
+}
+
+impl EmaSchedule {
+    /// The momentum of global step `cur_iter` (0-based) out of `max_iter`.
+    pub fn momentum(self, base: f64, cur_iter: u64, max_iter: u64) -> f64 {
+        match self {
+            EmaSchedule::Cosine => ema_momentum(base, cur_iter, max_iter),
+            EmaSchedule::Constant => base,
+        }
+    }
+}
 
 /// The learning rate of step `iter` (0-based) of epoch `epoch` (0-based).
 ///
@@ -67,6 +92,16 @@ mod tests {
         assert!(close(last, 0.0010965, 5e-8), "{last}");
         // no warmup: cosine from epoch 0
         assert!(close(lr_at(1.0, 0, 10, 0, 0, 5), 1.0, 1e-15));
+    }
+
+    #[test]
+    fn constant_momentum_stays_put() {
+        for i in [0, 1, 50, 99, 100] {
+            assert_eq!(EmaSchedule::Constant.momentum(0.999, i, 100), 0.999);
+            assert_eq!(EmaSchedule::Cosine.momentum(0.98, i, 100), ema_momentum(0.98, i, 100));
+        }
+        assert_eq!(EmaSchedule::default(), EmaSchedule::Cosine);
+        assert_eq!(serde_json::to_value(EmaSchedule::Constant).unwrap(), "constant");
     }
 
     #[test]

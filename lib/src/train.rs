@@ -40,8 +40,11 @@ pub struct PretrainConfig {
     pub epochs: u64,
     /// Images per step (the global batch).
     pub batch_size: usize,
-    /// Base EMA momentum of the cosine schedule (m rises from it to 1).
+    /// Base EMA momentum (the cosine schedule raises it to 1; the constant one keeps it).
     pub ema_momentum: f64,
+    /// How the EMA momentum evolves: cosine (LEWEL_B, BYOL) or constant (LEWEL_M, MoCo v2).
+    #[serde(default)]
+    pub ema_schedule: schedule::EmaSchedule,
     pub seed: u64,
     /// Write a checkpoint every N steps (0 = only at epoch ends).
     pub ckpt_every_steps: u64,
@@ -255,6 +258,7 @@ pub fn run(
     }
     let spe = (source.len() / cfg.batch_size) as u64;
     let total = spe * cfg.epochs;
+    cfg.model.validate_for_data(source.len(), spe as usize * cfg.batch_size, cfg.batch_size)?;
 
     let (_vs, model, mut opt) = build(cfg, opts.device)?;
     let mut start_step = 0u64;
@@ -341,7 +345,7 @@ pub fn run(
         let (v1, v2) = (batch.v1.to_device(opts.device), batch.v2.to_device(opts.device));
 
         let lr = schedule::lr_at(cfg.lr, cfg.warmup_epochs, cfg.epochs, epoch, in_epoch as u64, spe);
-        let m = schedule::ema_momentum(cfg.ema_momentum, step, total);
+        let m = cfg.ema_schedule.momentum(cfg.ema_momentum, step, total);
         let t_step = Instant::now();
         let terms = model.forward_loss(&v1, &v2)?;
         let loss = terms.total.to_kind(Kind::Double).double_value(&[]);
@@ -505,7 +509,16 @@ impl Window {
 pub const DEFAULT_PRESET: &str = "in1k-lewelb-eman-200ep";
 
 /// The names of the presets, for error messages and help.
-pub const PRESETS: &[&str] = &["in1k-lewelb-eman-200ep", "in1k-lewelb-syncbn-400ep", "small-lewelb", "small-byol"];
+pub const PRESETS: &[&str] = &[
+    "in1k-lewelb-eman-200ep",
+    "in1k-lewelb-syncbn-400ep",
+    "in1k-lewelm-200ep",
+    "in1k-mocov2-200ep",
+    "small-lewelb",
+    "small-byol",
+    "small-lewelm",
+    "small-mocov2",
+];
 
 /// A named configuration (the input is left as an empty views path; the tool sets it).
 ///
@@ -517,9 +530,17 @@ pub const PRESETS: &[&str] = &["in1k-lewelb-eman-200ep", "in1k-lewelb-syncbn-400
 /// - `small-lewelb` / `small-byol`: what a 2-core CPU can run, from `reference/small-scale-notes.md`
 ///   (the setting that did not collapse there): ResNet-18, CIFAR stem, width 16, K 128, hidden 512,
 ///   G 4, batch 256, LARS lr 0.3, wd 1e-5, base momentum 0.996, warm-up 2 of 10 epochs.
+/// - `in1k-lewelm-200ep`: LEWEL_M as the paper states it (§1.9): ResNet-50, K 128, hidden 2048, G 4, SGD
+///   momentum 0.9, batch 256, lr 0.06, wd 1e-4, cosine without warm-up, 200 epochs, fixed momentum 0.999 (EMA of
+///   parameters, target BN in train mode with ShuffleBN), τ 0.2, queue 65536; BN over 8 slices of 32, as MoCo's
+///   per-GPU BN on 8 GPUs. `in1k-mocov2-200ep`: the same recipe for the MoCo v2 baseline.
+/// - `small-lewelm` / `small-mocov2`: the small-lewelb network with the LEWEL_M recipe scaled to small data as
+///   MoCo's CIFAR-10 demo does: momentum 0.99, wd 5e-4, queue 4096, 8 BN slices; batch 256, lr 0.06, τ 0.2,
+///   10 epochs (`docs/lewel-m.md`).
 pub fn preset(name: &str) -> Result<PretrainConfig> {
     use crate::model::{Arch, EmaMode, Method, Stem};
     use crate::optim::OptimizerKind;
+    use crate::schedule::EmaSchedule;
     let official = ModelConfig::default();
     let lars = |wd: f64, ema: EmaMode| OptimConfig {
         kind: OptimizerKind::Lars,
@@ -535,6 +556,7 @@ pub fn preset(name: &str) -> Result<PretrainConfig> {
         epochs: 200,
         batch_size: 1024,
         ema_momentum: 0.98,
+        ema_schedule: EmaSchedule::Cosine,
         seed: crate::cli::DEFAULT_SEED,
         ckpt_every_steps: 0,
         ckpt_every_epochs: 1,
@@ -555,6 +577,8 @@ pub fn preset(name: &str) -> Result<PretrainConfig> {
         alpha: 0.5,
         ema: EmaMode::Eman,
         bn_splits: 1,
+        temperature: 0.2,
+        queue_size: 4096,
     };
     let small = PretrainConfig {
         model: small_model.clone(),
@@ -566,6 +590,42 @@ pub fn preset(name: &str) -> Result<PretrainConfig> {
         ema_momentum: 0.996,
         keep_every_epochs: 0,
         ..base.clone()
+    };
+    let sgd = |wd: f64| OptimConfig {
+        kind: OptimizerKind::Sgd,
+        momentum: 0.9,
+        weight_decay: wd,
+        ema: EmaMode::Params,
+        ..OptimConfig::default()
+    };
+    let lewelm = PretrainConfig {
+        model: ModelConfig {
+            method: Method::LewelM,
+            proj_dim: 128,
+            hidden_dim: 2048,
+            ema: EmaMode::Params,
+            bn_splits: 8,
+            temperature: 0.2,
+            queue_size: 65536,
+            ..official.clone()
+        },
+        optim: sgd(1e-4),
+        lr: 0.06,
+        warmup_epochs: 0,
+        epochs: 200,
+        batch_size: 256,
+        ema_momentum: 0.999,
+        ema_schedule: EmaSchedule::Constant,
+        ..base.clone()
+    };
+    let small_lewelm = PretrainConfig {
+        model: ModelConfig { method: Method::LewelM, ema: EmaMode::Params, bn_splits: 8, ..small_model.clone() },
+        optim: sgd(5e-4),
+        lr: 0.06,
+        warmup_epochs: 0,
+        ema_momentum: 0.99,
+        ema_schedule: EmaSchedule::Constant,
+        ..small.clone()
     };
     Ok(match name {
         "in1k-lewelb-eman-200ep" => base,
@@ -580,6 +640,14 @@ pub fn preset(name: &str) -> Result<PretrainConfig> {
         },
         "small-lewelb" => small,
         "small-byol" => PretrainConfig { model: ModelConfig { method: Method::Byol, ..small_model }, ..small },
+        "in1k-lewelm-200ep" => lewelm,
+        "in1k-mocov2-200ep" => {
+            PretrainConfig { model: ModelConfig { method: Method::MocoV2, ..lewelm.model }, ..lewelm }
+        }
+        "small-lewelm" => small_lewelm,
+        "small-mocov2" => {
+            PretrainConfig { model: ModelConfig { method: Method::MocoV2, ..small_lewelm.model }, ..small_lewelm }
+        }
         other => {
             return Err(
                 LewelError::Usage(format!("unknown --preset {other:?}; choose one of {}", PRESETS.join(", "))).into()

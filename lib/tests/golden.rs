@@ -89,6 +89,8 @@ fn build_on(dev: Device, arch: Arch, ema: EmaMode, kind: Kind, k: i64, hid: i64)
         alpha: 0.5,
         ema,
         bn_splits: 1,
+        temperature: 0.2,
+        queue_size: 65536,
     };
     let model = Lewel::new(&vs, &cfg).expect("model");
     fill(&model);

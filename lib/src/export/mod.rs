@@ -210,7 +210,7 @@ pub fn run(cfg: &ExportConfig, sink: &mut dyn EventSink) -> Result<ExportReport>
                 "{} holds a backbone only: it was copied into online_net and target_net; the necks and predictors \
                  ({}, K {}, hidden {}, G {}) are freshly initialised with seed {}",
                 imp.path.display(),
-                method_name(mc.method),
+                Method::name(mc.method),
                 mc.proj_dim,
                 mc.hidden_dim,
                 mc.groups,
@@ -261,13 +261,6 @@ pub fn run(cfg: &ExportConfig, sink: &mut dyn EventSink) -> Result<ExportReport>
     }
     sink.emit(&end.num("elapsed_s", t0.elapsed().as_secs_f64()))?;
     Ok(ExportReport { out: out_file, tensors, bytes: bytes.len(), sha256, verified })
-}
-
-fn method_name(m: Method) -> &'static str {
-    match m {
-        Method::LewelB => "lewel-b",
-        Method::Byol => "byol",
-    }
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {

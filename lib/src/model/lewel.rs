@@ -1,4 +1,5 @@
-//! [`Lewel`]: the online / target encoders and the predictors of LEWEL_B (or BYOL), its loss and its EMA step.
+//! [`Lewel`]: the online / target encoders and the predictors of LEWEL_B (or BYOL), or the key queue of LEWEL_M
+//! (or MoCo v2), its loss and its EMA step.
 //!
 //! LEWEL: <https://arxiv.org/abs/2203.14898>. Ports `models/lewel.py` (`EncoderObj`, `LEWELB_EMAN`, `LEWELB`) as
 //! described in `reference/lewel-official.md` §1.1 (module tree and names), §1.5 (predictors), §1.7/§3 (EMA and the
@@ -8,6 +9,16 @@
 //! `proj_obj` / `predictor_obj`, `proj` applied to the pooled vector alone (BN over b, the standard BYOL neck),
 //! and the loss is the global normalised MSE per direction summed over the two directions (α is not applied,
 //! i.e. treated as 1).
+//!
+//! LEWEL_M and MoCo v2 (paper only, `docs/lewel-m.md`): no predictors; the online projector output is the query,
+//! the target's output of the other view the key. The global loss is InfoNCE against the key queue, the aligned
+//! loss InfoNCE against the other aligned target embeddings of the batch, both with temperature τ and summed over
+//! the two directions as in LEWEL_B. The target runs with ShuffleBN when its BN is in train mode (`ema: params`,
+//! as MoCo). After the loss the target global embeddings of both views are enqueued.
+//!
+//! NOTE(ref): MoCo updates the key encoder before the key forward; the loop updates it after the optimiser step.
+//! The two are the same sequence of computations: at initialisation target == online, so MoCo's update before
+//! step 0 is a no-op, and its update before step i+1 is ours after step i.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -17,12 +28,13 @@ use tch::{nn::Path, nn::VarStore, Device, Kind, Tensor};
 
 use super::{
     mlp::Mlp1d,
+    moco::MocoState,
     neck::{Neck, NeckOut},
     resnet::ResNet,
     Method, ModelConfig, StateEntry,
 };
 use crate::ema::ema_update;
-use crate::loss::{aligned_loss, collapse_std, combine, global_loss};
+use crate::loss::{aligned_info_nce, aligned_loss, collapse_std, combine, global_info_nce, global_loss};
 use crate::optim::Optimizer;
 use crate::LewelError;
 
@@ -40,15 +52,16 @@ impl Encoder {
         let c = backbone.out_channels();
         let np = p.sub("neck");
         let proj = Mlp1d::new(&np.sub("proj"), c, cfg.hidden_dim, cfg.proj_dim, s, trainable)?;
-        let proj_obj = match cfg.method {
-            Method::LewelB => Some(Mlp1d::new(&np.sub("proj_obj"), c, cfg.hidden_dim, cfg.proj_dim, s, trainable)?),
-            Method::Byol => None,
+        let proj_obj = if cfg.method.has_aligned() {
+            Some(Mlp1d::new(&np.sub("proj_obj"), c, cfg.hidden_dim, cfg.proj_dim, s, trainable)?)
+        } else {
+            None
         };
         Ok(Encoder { backbone, neck: Neck::new(proj, proj_obj, cfg.groups, cfg.map_scale) })
     }
 
     /// # Shapes
-    /// `x`: `[b, 3, h, w]` → global `[b, k, 1]`, aligned `[b, k, k/g]` (LEWEL_B).
+    /// `x`: `[b, 3, h, w]` → global `[b, k, 1]`, aligned `[b, k, k/g]` (LEWEL_B, LEWEL_M).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<NeckOut> {
         self.neck.forward_t(&self.backbone.forward_t(x, train)?, train)
     }
@@ -62,25 +75,30 @@ impl Encoder {
 /// The loss of one training step.
 #[derive(Debug)]
 pub struct LossTerms {
-    /// The scalar to back-propagate: Σ over the two directions of α·L_g + (1 − α)·L_a (BYOL: Σ L_g). Range [0, 8].
+    /// The scalar to back-propagate: Σ over the two directions of α·L_g + (1 − α)·L_a (BYOL, MoCo v2: Σ L_g).
+    /// Range [0, 8] for LEWEL_B / BYOL; for LEWEL_M / MoCo v2 InfoNCE values (≈ 2·ln(1 + K) at init).
     pub total: Tensor,
-    /// Σ over the two directions of the global normalised MSE (unweighted), in [0, 8].
+    /// Σ over the two directions of the global loss (unweighted): normalised MSE in [0, 8], or InfoNCE against
+    /// the queue.
     pub global: f64,
-    /// Σ over the two directions of the aligned normalised MSE (unweighted), in [0, 8]; 0 for BYOL.
+    /// Σ over the two directions of the aligned loss (unweighted): normalised MSE in [0, 8], or InfoNCE against the
+    /// batch; 0 for BYOL and MoCo v2.
     pub aligned: f64,
     /// Collapse indicator of the online global embedding z_g (before the predictor): std over the batch of the
     /// L2-normalised vectors, averaged over dimensions and over the two views. ≈ 1/sqrt(K) healthy, 0 collapsed.
     pub collapse_std: f64,
 }
 
-/// The LEWEL_B / BYOL model: `online_net`, `target_net`, `predictor`[, `predictor_obj`].
+/// The model: `online_net`, `target_net`, then `predictor`[, `predictor_obj`] (LEWEL_B, BYOL) or `queue`,
+/// `queue_ptr`, `shuffle_state` (LEWEL_M, MoCo v2).
 #[derive(Debug)]
 pub struct Lewel {
     cfg: ModelConfig,
     online: Encoder,
     target: Encoder,
-    predictor: Mlp1d,
+    predictor: Option<Mlp1d>,
     predictor_obj: Option<Mlp1d>,
+    moco: Option<MocoState>,
     online_state: Vec<StateEntry>,
     target_state: Vec<StateEntry>,
 }
@@ -89,21 +107,31 @@ impl Lewel {
     /// Builds the model under `vs.root()` with the official names, in the var store's kind (set it with
     /// `vs.set_kind` before, or call `vs.double()` / `vs.float()` after: `num_batches_tracked` stays int64) and on
     /// its device. Online weights get the official init; the target is a copy of the online network, its entries
-    /// are not trainable and never require grad.
+    /// are not trainable and never require grad. LEWEL_M / MoCo v2 then draw the queue and the ShuffleBN generator
+    /// position from the global RNG.
     pub fn new(vs: &VarStore, cfg: &ModelConfig) -> Result<Self> {
         cfg.validate()?;
         let taken = ["online_net.", "target_net.", "predictor.", "predictor_obj."];
-        if let Some(k) = vs.variables().keys().find(|k| taken.iter().any(|t| k.starts_with(t))) {
+        let moco_names = ["queue", "queue_ptr", "shuffle_state"];
+        if let Some(k) =
+            vs.variables().keys().find(|k| taken.iter().any(|t| k.starts_with(t)) || moco_names.contains(&k.as_str()))
+        {
             bail!("the var store already holds a model ({k}); build each Lewel in its own VarStore");
         }
         let root = vs.root();
         let online = Encoder::new(&root.sub("online_net"), cfg, true)?;
         let target = Encoder::new(&root.sub("target_net"), cfg, false)?;
         let (k, hid, s) = (cfg.proj_dim, cfg.hidden_dim, cfg.bn_splits);
-        let predictor = Mlp1d::new(&root.sub("predictor"), k, hid, k, s, true)?;
-        let predictor_obj = match cfg.method {
-            Method::LewelB => Some(Mlp1d::new(&root.sub("predictor_obj"), k, hid, k, s, true)?),
-            Method::Byol => None,
+        let (predictor, predictor_obj, moco) = match cfg.method {
+            Method::LewelB | Method::Byol => {
+                let predictor = Mlp1d::new(&root.sub("predictor"), k, hid, k, s, true)?;
+                let predictor_obj = match cfg.method {
+                    Method::LewelB => Some(Mlp1d::new(&root.sub("predictor_obj"), k, hid, k, s, true)?),
+                    _ => None,
+                };
+                (Some(predictor), predictor_obj, None)
+            }
+            Method::LewelM | Method::MocoV2 => (None, None, Some(MocoState::new(&root, k, cfg.queue_size)?)),
         };
         let mut online_state = Vec::new();
         online.state("online_net", &mut online_state);
@@ -116,7 +144,7 @@ impl Lewel {
             }
             Ok(())
         })?;
-        Ok(Lewel { cfg: cfg.clone(), online, target, predictor, predictor_obj, online_state, target_state })
+        Ok(Lewel { cfg: cfg.clone(), online, target, predictor, predictor_obj, moco, online_state, target_state })
     }
 
     /// The configuration the model was built with.
@@ -134,9 +162,14 @@ impl Lewel {
         &self.target
     }
 
+    /// The key queue, its pointer and the ShuffleBN generator (LEWEL_M, MoCo v2).
+    pub fn moco(&self) -> Option<&MocoState> {
+        self.moco.as_ref()
+    }
+
     /// Kind and device of the weights.
     fn kind_device(&self) -> (Kind, Device) {
-        let w = &self.predictor.w0;
+        let w = &self.online.neck.proj.w0;
         (w.kind(), w.device())
     }
 
@@ -150,9 +183,20 @@ impl Lewel {
         Ok(x.f_to_device(device)?.f_to_kind(kind)?)
     }
 
-    /// The official `loss_func` of one direction: (L_g, L_a) of online view a against target view b.
-    fn direction(&self, on: &NeckOut, tg: &NeckOut) -> Result<(Tensor, Option<Tensor>)> {
-        let lg = global_loss(&self.predictor.forward_t(&on.global, true)?, &tg.global.detach())?;
+    /// The official `loss_func` of one direction: (L_g, L_a) of online view a against target view b. LEWEL_M /
+    /// MoCo v2: InfoNCE with τ, the global term against `queue`, the aligned term against the batch.
+    fn direction(&self, on: &NeckOut, tg: &NeckOut, queue: Option<&Tensor>) -> Result<(Tensor, Option<Tensor>)> {
+        if let Some(queue) = queue {
+            let tau = self.cfg.temperature;
+            let lg = global_info_nce(&on.global, &tg.global.detach(), queue, tau)?;
+            let la = match (&on.aligned, &tg.aligned) {
+                (Some(yo), Some(yt)) => Some(aligned_info_nce(yo, &yt.detach(), tau)?),
+                _ => None,
+            };
+            return Ok((lg, la));
+        }
+        let Some(predictor) = &self.predictor else { bail!("a {} model has no predictor", self.cfg.method) };
+        let lg = global_loss(&predictor.forward_t(&on.global, true)?, &tg.global.detach())?;
         let la = match (&self.predictor_obj, &on.aligned, &tg.aligned) {
             (Some(po), Some(yo), Some(yt)) => Some(aligned_loss(&po.forward_t(yo, true)?, &yt.detach())?),
             _ => None,
@@ -160,9 +204,38 @@ impl Lewel {
         Ok((lg, la))
     }
 
+    /// The target's embeddings of view `view` (0 or 1), without gradient. LEWEL_M / MoCo v2 with the target's BN in
+    /// train mode use ShuffleBN: the batch is permuted before the target (so each ghost-BN slice of
+    /// `bn_splits` normalises a different mix of images than the online network saw), and the outputs are put
+    /// back in the original order.
+    ///
+    /// NOTE(ref): on several processes MoCo gathers the batch from all GPUs, shuffles it across them and
+    /// un-shuffles after the key forward (`batch_shuffle_ddp`); on one device the `bn_splits` slices play the GPUs.
+    ///
+    /// # Shapes
+    /// `x`: `[b, 3, h, w]` → global `[b, k, 1]`, aligned `[b, k, n]`, row i for image i of `x`.
+    pub(crate) fn key_forward(&self, x: &Tensor, view: i64) -> Result<NeckOut> {
+        let train = self.cfg.ema.target_bn_train();
+        tch::no_grad(|| match &self.moco {
+            Some(moco) if train => {
+                let b = x.size4()?.0;
+                let perm = moco.permutation(b, view)?; // [b]
+                let inv = perm.f_argsort(0, false)?; // [b], inverse permutation
+                let out = self.target.forward_t(&x.f_index_select(0, &perm)?, true)?;
+                let back = |t: &Tensor| t.f_index_select(0, &inv);
+                Ok(NeckOut { global: back(&out.global)?, aligned: out.aligned.as_ref().map(back).transpose()? })
+            }
+            _ => self.target.forward_t(x, train),
+        })
+    }
+
     /// The symmetric loss of the two views (§2): online(v1) and online(v2) in separate forward passes (BN in train
     /// mode), the target under no_grad (BN in eval mode for `eman`, train mode for `params`), then
     /// `loss_func(on1, t2) + loss_func(on2, t1)`.
+    ///
+    /// LEWEL_M / MoCo v2: both directions use the queue as it was before the step; afterwards the target global
+    /// embeddings of view 1 and then view 2 are enqueued and the ShuffleBN generator advances. So this call is a
+    /// training step's forward: it changes the queue.
     ///
     /// # Shapes
     /// `v1`, `v2`: `[b, 3, h, w]`, the same b (a multiple of `bn_splits`); converted to the weights' kind/device.
@@ -173,11 +246,15 @@ impl Lewel {
         }
         let on1 = self.online.forward_t(&v1, true)?;
         let on2 = self.online.forward_t(&v2, true)?;
-        let tt = self.cfg.ema.target_bn_train();
-        let (t1, t2) =
-            tch::no_grad(|| -> Result<_> { Ok((self.target.forward_t(&v1, tt)?, self.target.forward_t(&v2, tt)?)) })?;
-        let (g12, a12) = self.direction(&on1, &t2)?;
-        let (g21, a21) = self.direction(&on2, &t1)?;
+        let (t1, t2) = (self.key_forward(&v1, 0)?, self.key_forward(&v2, 1)?);
+        // The enqueue below writes the queue in place: the loss must hold its own copy (autograd keeps it for the
+        // backward pass of q · queue).
+        let queue = match &self.moco {
+            Some(m) => Some(m.queue.f_detach_copy()?), // [k, K]
+            None => None,
+        };
+        let (g12, a12) = self.direction(&on1, &t2, queue.as_ref())?;
+        let (g21, a21) = self.direction(&on2, &t1, queue.as_ref())?;
         let (total, aligned) = match (a12, a21) {
             (Some(a12), Some(a21)) => {
                 let alpha = self.cfg.alpha;
@@ -189,6 +266,11 @@ impl Lewel {
         let global = (g12 + g21).f_double_value(&[])?;
         let c1 = collapse_std(&on1.global.f_squeeze_dim(2)?)?;
         let c2 = collapse_std(&on2.global.f_squeeze_dim(2)?)?;
+        if let Some(moco) = &self.moco {
+            let keys = Tensor::f_cat(&[t1.global.f_squeeze_dim(2)?, t2.global.f_squeeze_dim(2)?], 0)?; // [2b, k]
+            moco.enqueue(&keys)?;
+            moco.advance()?;
+        }
         Ok(LossTerms { total, global, aligned, collapse_std: (c1 + c2) / 2.0 })
     }
 
@@ -211,7 +293,7 @@ impl Lewel {
     }
 
     /// The online network's alignment maps (§8): softmax over positions of the normalised heat-maps, BN in eval
-    /// mode, no gradient. An error for BYOL.
+    /// mode, no gradient. An error for BYOL and MoCo v2.
     ///
     /// # Shapes
     /// `x`: `[b, 3, h, w]` → `[b, k, h', w']` (h' = h/32 for the ImageNet stem); each map sums to 1.
@@ -235,7 +317,9 @@ impl Lewel {
 
     fn predictors_state(&self) -> Vec<StateEntry> {
         let mut out = Vec::new();
-        self.predictor.state("predictor", &mut out);
+        if let Some(p) = &self.predictor {
+            p.state("predictor", &mut out);
+        }
         if let Some(po) = &self.predictor_obj {
             po.state("predictor_obj", &mut out);
         }
@@ -243,8 +327,9 @@ impl Lewel {
     }
 
     /// Every entry of the official `state_dict` (parameters, running stats, `num_batches_tracked`), in its order:
-    /// `online_net.*`, `target_net.*`, `predictor.*`, `predictor_obj.*`. The tensors are shallow clones of the
-    /// model's (they alias it).
+    /// `online_net.*`, `target_net.*`, `predictor.*`, `predictor_obj.*`; LEWEL_M / MoCo v2: `online_net.*`,
+    /// `target_net.*`, `queue`, `queue_ptr`, `shuffle_state`. The tensors are shallow clones of the model's (they
+    /// alias it).
     pub fn state_dict(&self) -> Vec<(String, Tensor)> {
         self.state_entries().into_iter().map(|e| (e.name, e.tensor)).collect()
     }
@@ -256,6 +341,9 @@ impl Lewel {
             out.push(StateEntry { name: e.name.clone(), tensor: e.tensor.shallow_clone(), is_param: e.is_param });
         }
         out.extend(self.predictors_state());
+        if let Some(m) = &self.moco {
+            m.state("", &mut out);
+        }
         out
     }
 
@@ -316,6 +404,7 @@ mod tests {
     use crate::optim::OptimConfig;
 
     fn tiny(method: Method) -> ModelConfig {
+        let ema = if method.contrastive() { crate::ema::EmaMode::Params } else { crate::ema::EmaMode::Eman };
         ModelConfig {
             method,
             arch: Arch::Resnet18,
@@ -324,6 +413,8 @@ mod tests {
             proj_dim: 16,
             hidden_dim: 32,
             groups: 4,
+            ema,
+            queue_size: 12,
             ..ModelConfig::default()
         }
     }
@@ -409,6 +500,138 @@ mod tests {
         // eman: target running stats moved towards the online ones, counter copied
         let n = vars["target_net.backbone.bn1.num_batches_tracked"].int64_value(&[]);
         assert_eq!(n, 2);
+    }
+
+    #[test]
+    fn lewel_m_names_no_predictors_and_a_queue() {
+        let vs = VarStore::new(Device::Cpu);
+        let model = Lewel::new(&vs, &tiny(Method::LewelM)).unwrap();
+        let mut want: Vec<String> = vs.variables().into_keys().collect();
+        want.sort();
+        let names: Vec<String> = model.state_dict().into_iter().map(|(k, _)| k).collect();
+        let mut got = names.clone();
+        got.sort();
+        assert_eq!(got, want);
+        assert!(names.iter().all(|k| !k.starts_with("predictor")));
+        assert_eq!(&names[names.len() - 3..], ["queue", "queue_ptr", "shuffle_state"]);
+        assert!(names.iter().any(|k| k == "target_net.neck.proj_obj.mlp.3.weight"));
+        let sd: HashMap<String, Tensor> = model.state_dict().into_iter().collect();
+        assert_eq!(sd["queue"].size(), [16, 12]);
+        assert_eq!(sd["queue_ptr"].kind(), Kind::Int64);
+        assert!(model.trainable().iter().all(|(k, _)| k.starts_with("online_net.")));
+        // the same var store cannot take a second model
+        assert!(Lewel::new(&vs, &tiny(Method::MocoV2)).is_err());
+    }
+
+    #[test]
+    fn lewel_m_step_uses_and_fills_the_queue() {
+        let vs = VarStore::new(Device::Cpu);
+        let model = Lewel::new(&vs, &tiny(Method::LewelM)).unwrap();
+        let moco = model.moco().unwrap();
+        let queue0 = moco.queue.copy();
+        let (v1, v2) = (images(4, 1), images(4, 2));
+        let t = model.forward_loss(&v1, &v2).unwrap();
+        let total = t.total.double_value(&[]);
+        assert!((total - 0.5 * (t.global + t.aligned)).abs() < 1e-5);
+        // InfoNCE over c candidates with logits in [-1/τ, 1/τ] lies in (0, ln c + 2/τ); two directions. Global: 12
+        // queue keys + 1 positive; aligned: b*n = 4*4 = 16 candidates.
+        let bound = |c: f64| 2.0 * (c.ln() + 2.0 / 0.2);
+        assert!(t.global > 0.0 && t.global < bound(13.0), "{}", t.global);
+        assert!(t.aligned > 0.0 && t.aligned < bound(16.0), "{}", t.aligned);
+        // pointer at 2b = 8; columns 0..4 hold the normalised target global embeddings of view 1, 4..8 of view 2,
+        // the rest is untouched
+        assert_eq!(moco.queue_ptr.int64_value(&[0]), 8);
+        let key = |x: &Tensor| {
+            let g = tch::no_grad(|| model.target.forward_t(x, true).unwrap().global.squeeze_dim(2));
+            crate::loss::l2_normalize(&g, 1).unwrap().transpose(0, 1)
+        };
+        assert!(moco.queue.narrow(1, 0, 4).allclose(&key(&v1), 1e-5, 1e-6, false));
+        assert!(moco.queue.narrow(1, 4, 4).allclose(&key(&v2), 1e-5, 1e-6, false));
+        assert!(moco.queue.narrow(1, 8, 4).equal(&queue0.narrow(1, 8, 4)));
+        // the loss used the queue as it was before: backward works (the loss holds its own copy) and every online
+        // parameter gets a gradient
+        t.total.backward();
+        assert!(model.trainable().iter().all(|(_, p)| p.grad().defined()));
+        // next step wraps: 8 + 8 = 16 = 4 mod 12
+        model.forward_loss(&v1, &v2).unwrap();
+        assert_eq!(moco.queue_ptr.int64_value(&[0]), 4);
+    }
+
+    #[test]
+    fn shuffle_bn_permutes_and_restores_the_order() {
+        let x = images(4, 9);
+        for splits in [1, 2] {
+            let vs = VarStore::new(Device::Cpu);
+            let model = Lewel::new(&vs, &ModelConfig { bn_splits: splits, ..tiny(Method::LewelM) }).unwrap();
+            let moco = model.moco().unwrap();
+            // pick a generator position whose permutation mixes the two halves of the batch (the first BN slice
+            // gets one image of each half; [2, 3, 0, 1] would only swap the slices)
+            let mut mixes = false;
+            for _ in 0..50 {
+                let p = Vec::<i64>::try_from(moco.permutation(4, 0).unwrap()).unwrap();
+                mixes = (p[0] >= 2) != (p[1] >= 2);
+                if mixes {
+                    break;
+                }
+                moco.advance().unwrap();
+            }
+            assert!(mixes);
+            let perm = moco.permutation(4, 0).unwrap();
+            assert_ne!(Vec::<i64>::try_from(&perm).unwrap(), [0, 1, 2, 3]);
+            let shuffled = model.key_forward(&x, 0).unwrap();
+            let plain = tch::no_grad(|| model.target.forward_t(&x, true).unwrap());
+            // by hand: the target on the permuted batch, rows put back where they came from
+            let by_hand = tch::no_grad(|| model.target.forward_t(&x.index_select(0, &perm), true).unwrap());
+            let inv = perm.argsort(0, false);
+            let g = by_hand.global.index_select(0, &inv);
+            let a = by_hand.aligned.unwrap().index_select(0, &inv);
+            assert!(shuffled.global.equal(&g));
+            assert!(shuffled.aligned.as_ref().unwrap().equal(&a));
+            let same = shuffled.global.allclose(&plain.global, 1e-4, 1e-5, false)
+                && shuffled.aligned.as_ref().unwrap().allclose(plain.aligned.as_ref().unwrap(), 1e-4, 1e-5, false);
+            // one BN slice: the order does not matter up to rounding; two slices: the slices see other images
+            let diff = (&shuffled.global - &plain.global).abs().max().double_value(&[]);
+            assert_eq!(same, splits == 1, "bn_splits {splits}: max diff {diff}");
+            assert!(!shuffled.global.requires_grad());
+        }
+        // target BN in eval mode (eman): no shuffle at all
+        let vs = VarStore::new(Device::Cpu);
+        let cfg = ModelConfig { ema: crate::ema::EmaMode::Eman, bn_splits: 2, ..tiny(Method::LewelM) };
+        let model = Lewel::new(&vs, &cfg).unwrap();
+        let plain = tch::no_grad(|| model.target.forward_t(&x, false).unwrap());
+        assert!(model.key_forward(&x, 0).unwrap().global.equal(&plain.global));
+    }
+
+    #[test]
+    fn mocov2_has_no_aligned_branch_and_no_predictor() {
+        let vs = VarStore::new(Device::Cpu);
+        let model = Lewel::new(&vs, &tiny(Method::MocoV2)).unwrap();
+        assert!(vs.variables().keys().all(|k| !k.contains("proj_obj") && !k.starts_with("predictor")));
+        let t = model.forward_loss(&images(4, 3), &images(4, 4)).unwrap();
+        assert_eq!(t.aligned, 0.0);
+        assert!((t.total.double_value(&[]) - t.global).abs() < 1e-6);
+        assert!(model.alignment_maps(&images(2, 5)).is_err());
+        assert_eq!(model.features(&images(2, 5)).unwrap().size(), [2, 128]);
+        let mut opt = Optimizer::new(model.trainable(), &OptimConfig::default());
+        train_step(&model, &mut opt, &images(4, 3), &images(4, 4), 0.1, 0.999).unwrap();
+    }
+
+    #[test]
+    fn queue_must_fit_the_data() {
+        let cfg = ModelConfig { queue_size: 4096, ..tiny(Method::LewelM) };
+        let err = cfg.validate_for_data(1000, 768, 256).unwrap_err().to_string();
+        assert!(err.contains("--queue-size 4096") && err.contains("1000 images") && err.contains("768"), "{err}");
+        let err = cfg.validate_for_data(100_000, 99_840, 4096).unwrap_err().to_string();
+        assert!(err.contains("8192"), "{err}");
+        assert!(cfg.validate_for_data(50_000, 49_920, 256).is_ok());
+        assert!(cfg.validate_for_data(4096, 4096, 256).is_ok());
+        // LEWEL_B has no queue: nothing to check
+        assert!(tiny(Method::LewelB).validate_for_data(10, 8, 4).is_ok());
+        assert!(ModelConfig { temperature: 0.0, ..tiny(Method::LewelM) }.validate().is_err());
+        assert!(ModelConfig { queue_size: 0, ..tiny(Method::MocoV2) }.validate().is_err());
+        assert!(ModelConfig { temperature: 0.0, ..tiny(Method::LewelB) }.validate().is_ok());
+        assert_eq!(Method::LewelM.to_string(), "lewel-m");
+        assert_eq!(serde_json::to_value(Method::MocoV2).unwrap(), "mocov2");
     }
 
     #[test]
@@ -500,7 +723,16 @@ mod tests {
 
     #[test]
     fn resume_from_state_dict_and_optimizer_state_is_bit_exact() {
-        let cfg = tiny(Method::LewelB);
+        resume_is_bit_exact_for(tiny(Method::LewelB));
+    }
+
+    /// The queue, its pointer and the ShuffleBN generator travel in the state dict: a resume continues exactly.
+    #[test]
+    fn lewel_m_resume_with_queue_is_bit_exact() {
+        resume_is_bit_exact_for(ModelConfig { bn_splits: 2, ..tiny(Method::LewelM) });
+    }
+
+    fn resume_is_bit_exact_for(cfg: ModelConfig) {
         let ocfg = OptimConfig::default();
         let (v1, v2) = (images(4, 7), images(4, 8));
         let steps = |model: &Lewel, opt: &mut Optimizer, range: std::ops::Range<u64>| -> Vec<f64> {

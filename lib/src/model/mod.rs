@@ -1,24 +1,29 @@
-//! The LEWEL_B and BYOL models: backbones, heads, the coupled neck and the two-network wrapper.
+//! The LEWEL_B, BYOL, LEWEL_M and MoCo v2 models: backbones, heads, the coupled neck and the two-network wrapper.
 //!
 //! LEWEL is "Learning Where to Learn in Cross-View Self-Supervised Learning" (Huang et al., CVPR 2022,
 //! <https://arxiv.org/abs/2203.14898>). This module ports `models/lewel.py` and `backbone/resnet.py` of the
 //! official code as described in `reference/lewel-official.md` §1 (model), §2 (losses) and §3 (EMA / EMAN).
+//! LEWEL_M and MoCo v2 have no official code; they follow the paper (§1.9) and MoCo, with the choices of
+//! `docs/lewel-m.md`.
 //!
 //! Layout:
 //! - [`batchnorm`]: our own BatchNorm (PyTorch buffers incl. `num_batches_tracked`, ghost-BN slices).
 //! - [`resnet`]: ResNet-18/34/50, torchvision v1.5 layout and names, ImageNet or CIFAR stem, width multiplier.
 //! - [`mlp`]: `MLP1D`, the 1×1-conv projector / predictor.
-//! - [`neck`]: the LEWEL_B coupled head (global vector, alignment maps, aligned representations) and the BYOL neck.
-//! - [`lewel`]: [`Lewel`], the online / target / predictors wrapper with the loss, the EMA update and
+//! - [`neck`]: the LEWEL coupled head (global vector, alignment maps, aligned representations) and the BYOL /
+//!   MoCo neck.
+//! - [`moco`]: the key queue and ShuffleBN of LEWEL_M and MoCo v2.
+//! - [`lewel`]: [`Lewel`], the online / target / predictors (or queue) wrapper with the loss, the EMA update and
 //!   [`train_step`].
 //!
 //! Every tensor lives in the caller's `VarStore` under the official `state_dict` name (without DDP's
 //! `module.` prefix): `online_net.backbone.layer1.0.conv1.weight`, `target_net.neck.proj.mlp.1.running_var`,
-//! `predictor_obj.mlp.3.weight`, …
+//! `predictor_obj.mlp.3.weight`, …; LEWEL_M / MoCo v2 add `queue`, `queue_ptr` and `shuffle_state`.
 
 pub mod batchnorm;
 pub mod lewel;
 pub mod mlp;
+pub mod moco;
 pub mod neck;
 pub mod resnet;
 
@@ -37,6 +42,42 @@ pub enum Method {
     /// BYOL: the same networks without the aligned branch; the projector sees only the pooled vector.
     #[serde(rename = "byol")]
     Byol,
+    /// LEWEL_M (paper only): global InfoNCE against a key queue + aligned InfoNCE against the batch, over the
+    /// coupled head; no predictors, ShuffleBN in the target (`docs/lewel-m.md`).
+    #[serde(rename = "lewel-m")]
+    LewelM,
+    /// MoCo v2: LEWEL_M without the aligned branch (the projector sees only the pooled vector).
+    #[serde(rename = "mocov2")]
+    MocoV2,
+}
+
+impl Method {
+    /// The name used in configurations and on the command line (`lewel-b`, `byol`, `lewel-m`, `mocov2`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::LewelB => "lewel-b",
+            Method::Byol => "byol",
+            Method::LewelM => "lewel-m",
+            Method::MocoV2 => "mocov2",
+        }
+    }
+
+    /// Whether the model has the aligned branch (`proj_obj`, alignment maps, the aligned loss).
+    pub fn has_aligned(self) -> bool {
+        matches!(self, Method::LewelB | Method::LewelM)
+    }
+
+    /// Whether the loss is InfoNCE with a key queue and ShuffleBN (LEWEL_M, MoCo v2) rather than the normalised
+    /// MSE with predictors (LEWEL_B, BYOL).
+    pub fn contrastive(self) -> bool {
+        matches!(self, Method::LewelM | Method::MocoV2)
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// The ResNet depth.
@@ -64,7 +105,7 @@ pub enum Stem {
 /// Everything that fixes the shape and the numerics of a [`Lewel`] model.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ModelConfig {
-    /// LEWEL_B or BYOL.
+    /// LEWEL_B, BYOL, LEWEL_M or MoCo v2.
     pub method: Method,
     /// Backbone depth (official: resnet50).
     pub arch: Arch,
@@ -88,6 +129,21 @@ pub struct ModelConfig {
     /// Ghost-BN slices: every BatchNorm in train mode normalises each of `bn_splits` equal slices of the batch
     /// with its own statistics, like per-GPU BN on `bn_splits` GPUs (1 = ordinary BN over the whole batch).
     pub bn_splits: i64,
+    /// τ, the InfoNCE temperature of LEWEL_M and MoCo v2, for both losses (paper 0.2); unused by LEWEL_B / BYOL.
+    #[serde(default = "default_temperature")]
+    pub temperature: f64,
+    /// Number of negative keys in the FIFO queue of the global InfoNCE (LEWEL_M, MoCo v2; MoCo's default 65536).
+    /// At least the 2·batch keys one step enqueues, at most the images one epoch delivers. Unused by LEWEL_B / BYOL.
+    #[serde(default = "default_queue_size")]
+    pub queue_size: i64,
+}
+
+fn default_temperature() -> f64 {
+    0.2
+}
+
+fn default_queue_size() -> i64 {
+    65536
 }
 
 impl Default for ModelConfig {
@@ -105,6 +161,8 @@ impl Default for ModelConfig {
             alpha: 0.5,
             ema: EmaMode::Eman,
             bn_splits: 1,
+            temperature: default_temperature(),
+            queue_size: default_queue_size(),
         }
     }
 }
@@ -124,7 +182,7 @@ impl ModelConfig {
                 self.width, self.proj_dim, self.hidden_dim, self.groups, self.bn_splits
             ));
         }
-        if self.method == Method::LewelB {
+        if self.method.has_aligned() {
             if self.proj_dim % self.groups != 0 {
                 return bad(format!("proj_dim {} must be a multiple of groups {}", self.proj_dim, self.groups));
             }
@@ -141,6 +199,46 @@ impl ModelConfig {
         }
         if !(0.0..=1.0).contains(&self.alpha) {
             return bad(format!("alpha (weight of the global loss) must lie in [0, 1], got {}", self.alpha));
+        }
+        if self.method.contrastive() {
+            if !(self.temperature > 0.0 && self.temperature.is_finite()) {
+                return bad(format!("--temperature must be a positive number, got {}", self.temperature));
+            }
+            if self.queue_size <= 0 {
+                return bad(format!("--queue-size must be positive, got {}", self.queue_size));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the queue against the data (LEWEL_M, MoCo v2; nothing to check otherwise). Each step enqueues the
+    /// keys of both views, 2·`batch`; the queue must hold at least those (every key stays at least one step). It
+    /// must hold at most the `images_per_epoch` images one epoch delivers: a larger queue would keep several
+    /// keys of the same image, so an image would meet its own earlier keys among its negatives.
+    pub fn validate_for_data(
+        &self,
+        images: usize,
+        images_per_epoch: usize,
+        batch: usize,
+    ) -> Result<(), crate::LewelError> {
+        if !self.method.contrastive() {
+            return Ok(());
+        }
+        let k = self.queue_size.max(0) as usize;
+        if k > images_per_epoch {
+            return Err(crate::LewelError::Usage(format!(
+                "--queue-size {k} is larger than the data allows: the data set has {images} images, of which an \
+                 epoch uses {images_per_epoch} at --batch-size {batch}; a queue that long would hold several keys of \
+                 one image; use --queue-size {images_per_epoch} or less"
+            )));
+        }
+        if k < 2 * batch {
+            return Err(crate::LewelError::Usage(format!(
+                "--queue-size {k} is smaller than the {} keys one step enqueues (both views of --batch-size {batch}); \
+                 use --queue-size {} or more",
+                2 * batch,
+                2 * batch
+            )));
         }
         Ok(())
     }

@@ -1,4 +1,4 @@
-//! The LEWEL_B coupled head: global embedding, alignment maps, aligned representations (and the BYOL neck).
+//! The LEWEL coupled head: global embedding, alignment maps, aligned representations (and the BYOL / MoCo neck).
 //!
 //! Part of the LEWEL port (<https://arxiv.org/abs/2203.14898>); ports `models/lewel.py:ObjectNeck` exactly as
 //! written out in `reference/lewel-official.md` §1.4 and the alignment maps of §8.
@@ -9,7 +9,10 @@
 //! of the feature channels is pooled with maps g·K/G + j (j < K/G), giving K/G aligned representations of
 //! dimension C that `proj_obj` embeds.
 //!
-//! BYOL: `proj` sees the pooled vector alone (BN over b vectors), as in BYOL; there is no `proj_obj`.
+//! LEWEL_M uses the same head (the paper describes one head for both variants).
+//!
+//! BYOL and MoCo v2: `proj` sees the pooled vector alone (BN over b vectors), as in BYOL and MoCo; there is no
+//! `proj_obj`.
 
 use anyhow::{bail, Result};
 use tch::{Kind, Tensor};
@@ -77,7 +80,7 @@ impl Neck {
     /// `f`: `[b, c, h, w]` → `[b, k, h, w]`; each map sums to 1 over its h·w positions.
     pub fn alignment_maps(&self, f: &Tensor, train: bool) -> Result<Tensor> {
         if self.proj_obj.is_none() {
-            bail!("a BYOL model has no alignment maps; use a lewel-b model");
+            bail!("a model without the aligned branch (byol, mocov2) has no alignment maps; use lewel-b or lewel-m");
         }
         let (b, _, h, w) = f.size4()?;
         let x = f.f_flatten(2, 3)?; // [b, c, p]

@@ -1,4 +1,4 @@
-//! `pretrain`: self-supervised pre-training (LEWEL_B and BYOL) with checkpoints and exact resume.
+//! `pretrain`: self-supervised pre-training (LEWEL_B, BYOL, LEWEL_M, MoCo v2) with checkpoints and exact resume.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,6 +11,7 @@ use lewel::data::Recipe;
 use lewel::model::{Arch, EmaMode, Method, Stem};
 use lewel::optim::OptimizerKind;
 use lewel::run::RunDir;
+use lewel::schedule::EmaSchedule;
 use lewel::train::{self, Input, PretrainConfig, RunOptions};
 
 const EXAMPLE: &str = "  augment images/ --recipe lewel-b-small --out views.npy
@@ -18,7 +19,7 @@ const EXAMPLE: &str = "  augment images/ --recipe lewel-b-small --out views.npy
   pretrain --resume run1            # after a crash or Ctrl-C: continues bit-exactly
   embed --ckpt run1/ckpt/latest --data val/ --out val.npy";
 
-/// Learn a backbone from unlabeled images with LEWEL_B (the official method) or BYOL.
+/// Learn a backbone from unlabeled images with LEWEL_B (the official method), BYOL, LEWEL_M or MoCo v2.
 ///
 /// Use pretrain to pre-train a ResNet on your own images. It writes a run folder: config.json (the
 /// resolved configuration), events.jsonl (a copy of stdout: start, step, epoch, checkpoint, end
@@ -26,8 +27,9 @@ const EXAMPLE: &str = "  augment images/ --recipe lewel-b-small --out views.npy
 /// and a `latest` pointer). Ctrl-C or SIGTERM finishes the step, writes a checkpoint and exits 130;
 /// `--resume RUN` continues exactly where the run stopped.
 ///
-/// Defaults are the official LEWEL_B ImageNet recipe (preset in1k-lewelb-eman-200ep); on a CPU start
-/// from --preset small-lewelb (ResNet-18, CIFAR stem, width 16, 32 px).
+/// Defaults are the official LEWEL_B ImageNet recipe (preset in1k-lewelb-eman-200ep), or the paper's
+/// LEWEL_M recipe with --method lewel-m or mocov2 (in1k-lewelm-200ep, in1k-mocov2-200ep); on a CPU
+/// start from --preset small-lewelb or small-lewelm (ResNet-18, CIFAR stem, width 16, 32 px).
 #[derive(Debug, Parser)]
 #[command(name = "pretrain", version, args_override_self = true, after_help = lewel::stub::help_tail(EXAMPLE))]
 struct Args {
@@ -40,7 +42,8 @@ struct Args {
     root: Option<PathBuf>,
 
     /// Augmentation recipe for DATA: lewel-b (official), byol, mocov2, or their -small variants for
-    /// 32 px images (default: lewel-b, or lewel-b-small with a small-* preset).
+    /// 32 px images (default: lewel-b for lewel-b/byol, mocov2 for lewel-m/mocov2; -small with
+    /// the CIFAR stem).
     #[arg(long, value_name = "NAME")]
     recipe: Option<String>,
 
@@ -66,11 +69,14 @@ struct Args {
     views: Option<PathBuf>,
 
     /// Start from a named configuration; any flag below overrides it. in1k-lewelb-eman-200ep (default),
-    /// in1k-lewelb-syncbn-400ep, small-lewelb, small-byol.
+    /// in1k-lewelb-syncbn-400ep, in1k-lewelm-200ep (default with --method lewel-m), in1k-mocov2-200ep
+    /// (default with --method mocov2), small-lewelb, small-byol, small-lewelm, small-mocov2.
     #[arg(long, value_name = "NAME")]
     preset: Option<String>,
 
-    /// The method: lewel-b (global + aligned losses) or byol (global loss only, same code path).
+    /// The method: lewel-b (global + aligned normalised-MSE losses with predictors), byol (global loss
+    /// only), lewel-m (global InfoNCE against a key queue + aligned InfoNCE against the batch, ShuffleBN)
+    /// or mocov2 (lewel-m's global loss only). All share one code path.
     #[arg(long, value_enum)]
     method: Option<MethodArg>,
     /// Backbone (torchvision v1.5 layout).
@@ -101,9 +107,22 @@ struct Args {
     /// default) or params (EMA of parameters only, target BN in train mode).
     #[arg(long, value_enum)]
     ema: Option<EmaArg>,
-    /// Base EMA momentum; it rises to 1 along a cosine over the run (official 0.98).
+    /// Base EMA momentum (LEWEL_B 0.98, rising to 1 along a cosine; LEWEL_M fixed 0.999).
     #[arg(long)]
     ema_momentum: Option<f64>,
+    /// EMA momentum schedule: cosine (from --ema-momentum to 1 over the run; LEWEL_B, BYOL) or constant
+    /// (LEWEL_M, MoCo v2).
+    #[arg(long, value_enum)]
+    ema_schedule: Option<EmaScheduleArg>,
+    /// τ: temperature of both InfoNCE losses of lewel-m and mocov2 (paper 0.2; lower sharpens). Unused by
+    /// lewel-b and byol.
+    #[arg(long)]
+    temperature: Option<f64>,
+    /// Negative keys in the FIFO queue of lewel-m / mocov2 (default 65536, small presets 4096). Each step
+    /// enqueues 2 x --batch-size keys (both views); the queue must hold at least those and at most the
+    /// images one epoch uses. Unused by lewel-b and byol.
+    #[arg(long, value_name = "K")]
+    queue_size: Option<i64>,
     /// Optimiser: lars (official: trust ratio, BN and bias excluded) or sgd.
     #[arg(long, value_enum)]
     optimizer: Option<OptimArg>,
@@ -170,11 +189,17 @@ macro_rules! value_enum {
         }
     };
 }
-value_enum!(MethodArg => Method { LewelB => Method::LewelB, Byol => Method::Byol });
+value_enum!(MethodArg => Method {
+    LewelB => Method::LewelB,
+    Byol => Method::Byol,
+    LewelM => Method::LewelM,
+    Mocov2 => Method::MocoV2,
+});
 value_enum!(ArchArg => Arch { Resnet18 => Arch::Resnet18, Resnet34 => Arch::Resnet34, Resnet50 => Arch::Resnet50 });
 value_enum!(StemArg => Stem { Imagenet => Stem::Imagenet, Cifar => Stem::Cifar });
 value_enum!(EmaArg => EmaMode { Eman => EmaMode::Eman, Params => EmaMode::Params });
 value_enum!(OptimArg => OptimizerKind { Lars => OptimizerKind::Lars, Sgd => OptimizerKind::Sgd });
+value_enum!(EmaScheduleArg => EmaSchedule { Cosine => EmaSchedule::Cosine, Constant => EmaSchedule::Constant });
 
 impl Args {
     /// Applies every flag the user gave on top of `base`.
@@ -198,11 +223,14 @@ impl Args {
         set!(m.alpha, self.alpha);
         set!(m.ema, self.ema);
         set!(m.bn_splits, self.bn_splits);
+        set!(m.temperature, self.temperature);
+        set!(m.queue_size, self.queue_size);
         set!(c.optim.kind, self.optimizer);
         set!(c.optim.weight_decay, self.wd);
         c.optim.ema = c.model.ema;
         set!(c.lr, self.lr);
         set!(c.ema_momentum, self.ema_momentum);
+        set!(c.ema_schedule, self.ema_schedule);
         set!(c.warmup_epochs, self.warmup_epochs);
         set!(c.epochs, self.epochs);
         set!(c.batch_size, self.batch_size);
@@ -232,8 +260,13 @@ impl Args {
 
     /// The augmentation recipe: --recipe (default by preset), then --size and every --set.
     fn recipe(&self, c: &PretrainConfig) -> Result<Recipe> {
-        let default = if c.model.stem == Stem::Cifar { "lewel-b-small" } else { "lewel-b" };
-        let mut r = Recipe::preset(self.recipe.as_deref().unwrap_or(default))?;
+        // LEWEL_M and MoCo v2 use MoCo v2's augmentation (paper §4); LEWEL_B and BYOL the official one.
+        let base = match c.model.method {
+            Method::LewelM | Method::MocoV2 => "mocov2",
+            Method::LewelB | Method::Byol => "lewel-b",
+        };
+        let default = if c.model.stem == Stem::Cifar { format!("{base}-small") } else { base.to_string() };
+        let mut r = Recipe::preset(self.recipe.as_deref().unwrap_or(&default))?;
         if let Some(px) = self.size {
             r.set(&format!("size={px}"))?;
         }
@@ -276,7 +309,12 @@ fn run(args: Args) -> Result<()> {
         if args.views.is_none() && args.data.is_none() {
             return Err(lewel::LewelError::Usage("give the input: DATA, or --views FILE.npy".into()).into());
         }
-        let base = train::preset(args.preset.as_deref().unwrap_or(train::DEFAULT_PRESET))?;
+        let default_preset = match args.method.map(Method::from) {
+            Some(Method::LewelM) => "in1k-lewelm-200ep",
+            Some(Method::MocoV2) => "in1k-mocov2-200ep",
+            _ => train::DEFAULT_PRESET,
+        };
+        let base = train::preset(args.preset.as_deref().unwrap_or(default_preset))?;
         let mut cfg = args.apply(base)?;
         if !args.seed_given() {
             cfg.seed = args.common.seed;
