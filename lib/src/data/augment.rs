@@ -53,7 +53,9 @@ impl<S: EventSink> EventSink for KeepGoing<S> {
         match self.inner.emit(event) {
             Err(LewelError::StdoutClosed) => {
                 self.closed = true;
-                eprintln!("{TOOL}: warning: stdout was closed; going on (the views are still written)");
+                eprintln!(
+                    "{TOOL}: warning: stdout was closed; going on without events (the output files are still written)"
+                );
                 Ok(())
             }
             other => other,
