@@ -55,7 +55,39 @@ fn per_op_cpu_time() {
             }
         }
     }
+    // The same through render_view (the AVX2 copy where the CPU has it): crop only, + blur, + hue.
+    use lewel::data::view::{Jitter, ViewParams};
+    let mut tv = [0f64; 4];
+    for _ in 0..reps {
+        for (i, b) in bytes.iter().enumerate() {
+            let img = decode_rgb(b, MAX_PIXELS).unwrap();
+            let mut r = Rng::for_view(1, 0, i as u64, Stream::View1, 0);
+            let p = sample_view(&recipe.view1, img.width(), img.height(), &mut r);
+            let base =
+                ViewParams { crop: p.crop, flip: false, jitter: None, grey: false, blur_sigma: None, solarize: false };
+            let hue =
+                Jitter { order: [3, 0, 1, 2], brightness: None, contrast: None, saturation: None, hue: Some(0.05) };
+            let all = Jitter {
+                order: [3, 0, 1, 2],
+                brightness: Some(1.1),
+                contrast: Some(0.9),
+                saturation: Some(1.2),
+                hue: Some(0.05),
+            };
+            time(&mut tv[0], || render_view(&img, &base, 224));
+            time(&mut tv[1], || render_view(&img, &ViewParams { blur_sigma: Some(1.5), ..base.clone() }, 224));
+            time(&mut tv[2], || render_view(&img, &ViewParams { jitter: Some(hue), ..base.clone() }, 224));
+            time(&mut tv[3], || render_view(&img, &ViewParams { jitter: Some(all), ..base.clone() }, 224));
+        }
+    }
     let n = (bytes.len() * reps) as f64;
+    eprintln!(
+        "render_view per view: crop {:.3} ms, blur(1.5) +{:.3} ms, hue +{:.3} ms, full jitter +{:.3} ms",
+        tv[0] / n * 1e3,
+        (tv[1] - tv[0]) / n * 1e3,
+        (tv[2] - tv[0]) / n * 1e3,
+        (tv[3] - tv[0]) / n * 1e3
+    );
     for (name, s) in names.iter().zip(t) {
         eprintln!("{name:>10}: {:7.3} ms per image", s / n * 1e3);
     }

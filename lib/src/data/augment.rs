@@ -31,6 +31,38 @@ use crate::data::recipe::Recipe;
 use crate::events::{Event, EventSink};
 use crate::LewelError;
 
+/// An event sink for `augment`: when the reader of stdout goes away (`augment ... | head -1`) it warns
+/// once on stderr and drops further events, and the run goes on, since its output is the views file
+/// (like `pretrain` and its checkpoints; see STYLE.md on closed stdout).
+pub struct KeepGoing<S: EventSink> {
+    inner: S,
+    closed: bool,
+}
+
+impl<S: EventSink> KeepGoing<S> {
+    pub fn new(inner: S) -> Self {
+        KeepGoing { inner, closed: false }
+    }
+}
+
+impl<S: EventSink> EventSink for KeepGoing<S> {
+    fn emit(&mut self, event: &Event) -> Result<(), LewelError> {
+        if self.closed {
+            return Ok(());
+        }
+        match self.inner.emit(event) {
+            Err(LewelError::StdoutClosed) => {
+                self.closed = true;
+                eprintln!(
+                    "{TOOL}: warning: stdout was closed; going on without events (the output files are still written)"
+                );
+                Ok(())
+            }
+            other => other,
+        }
+    }
+}
+
 /// Output above this size is sharded automatically (2 GiB).
 pub const AUTO_SHARD_BYTES: u64 = 2 << 30;
 

@@ -8,10 +8,12 @@
 //! `start_step = k` yields exactly the batches k.. of the full epoch without decoding batches 0..k.
 //!
 //! # Threads and prefetch
-//! A producer thread per epoch fills batches, spreading the items of each batch over a rayon pool of
-//! `threads` workers, and hands finished batches to the consumer through a channel holding at most
-//! `prefetch` batches. The consumer's time blocked on that channel is reported as `wait_s`
-//! (`data_wait` in training events): near zero when the data keeps up.
+//! A producer thread per epoch keeps up to `prefetch` batches in the making at once on a rayon pool
+//! of `threads` workers (the items of each batch spread over the pool, so a worker done with one
+//! batch takes items of the next rather than waiting), and hands finished batches, in step order, to
+//! the consumer through a channel of `prefetch` more: at most 2 x `prefetch` batches are in memory.
+//! The consumer's time blocked on that channel is reported as `wait_s` (`data_wait` in training
+//! events): near zero when the data keeps up.
 //!
 //! # Bad items
 //! An item whose file cannot be read or decoded never changes the batch size. Without `strict` it is

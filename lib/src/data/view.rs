@@ -60,26 +60,46 @@ pub fn sample_view(v: &ViewRecipe, width: u32, height: u32, draw: &mut impl Draw
     ViewParams { crop, flip, jitter, grey, blur_sigma, solarize }
 }
 
-/// Runs `f` compiled for AVX2 when the CPU has it (the same bits either way: see [`crate::data::ops`]).
-#[inline(always)]
-fn with_simd<T>(f: impl FnOnce() -> T) -> T {
+/// Whether the CPU has AVX2: the view pipeline then runs a copy of itself compiled for it (the same
+/// bits either way: see [`crate::data::ops`]).
+#[inline]
+fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        #[target_feature(enable = "avx2")]
-        unsafe fn avx2<T>(f: impl FnOnce() -> T) -> T {
-            f()
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2, checked just above.
-            return unsafe { avx2(f) };
-        }
+        std::arch::is_x86_feature_detected!("avx2")
     }
-    f()
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
-/// The view before normalisation: [0, 1] values, `size` x `size`.
-pub fn render_view(src: &RgbImage, p: &ViewParams, size: u32) -> Planar {
-    with_simd(|| render_view_inner(src, p, size))
+/// Defines `$name`, which runs `$inner` (an `#[inline(always)]` function) compiled for AVX2 when the
+/// CPU has it, else as built. Written out rather than with a closure: a closure body is a function
+/// of its own that would not get the AVX2 code generation.
+macro_rules! simd_dispatch {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident / $avx2:ident = $inner:ident ($($arg:ident : $ty:ty),*) $(-> $ret:ty)?) => {
+        $(#[$doc])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2")]
+                unsafe fn $avx2($($arg: $ty),*) $(-> $ret)? {
+                    $inner($($arg),*)
+                }
+                if has_avx2() {
+                    // SAFETY: the CPU supports AVX2, checked just above.
+                    return unsafe { $avx2($($arg),*) };
+                }
+            }
+            $inner($($arg),*)
+        }
+    };
+}
+
+simd_dispatch! {
+    /// The view before normalisation: [0, 1] values, `size` x `size`.
+    pub fn render_view / render_view_avx2 = render_view_inner(src: &RgbImage, p: &ViewParams, size: u32) -> Planar
 }
 
 #[inline(always)]
@@ -113,19 +133,22 @@ fn render_view_inner(src: &RgbImage, p: &ViewParams, size: u32) -> Planar {
     img
 }
 
-/// Renders the view and writes it normalised into `out` (`3 * size * size` floats, CHW).
-pub fn apply_view(src: &RgbImage, p: &ViewParams, recipe: &Recipe, out: &mut [f32]) {
-    with_simd(|| {
-        let img = render_view_inner(src, p, recipe.size);
-        let (mean, std) = recipe.norm_f32();
-        ops::normalize_into(&img, mean, std, out);
-    })
+simd_dispatch! {
+    /// Renders the view and writes it normalised into `out` (`3 * size * size` floats, CHW).
+    pub fn apply_view / apply_view_avx2 = apply_view_inner(src: &RgbImage, p: &ViewParams, recipe: &Recipe, out: &mut [f32])
 }
 
-/// The evaluation transform into `out`: resize the shorter side to `eval_resize`, centre-crop
-/// `eval_crop`, normalise (torchvision `Resize` → `CenterCrop` → `ToTensor` → `Normalize`).
-pub fn apply_eval(src: &RgbImage, recipe: &Recipe, out: &mut [f32]) {
-    with_simd(|| apply_eval_inner(src, recipe, out))
+#[inline(always)]
+fn apply_view_inner(src: &RgbImage, p: &ViewParams, recipe: &Recipe, out: &mut [f32]) {
+    let img = render_view_inner(src, p, recipe.size);
+    let (mean, std) = recipe.norm_f32();
+    ops::normalize_into(&img, mean, std, out);
+}
+
+simd_dispatch! {
+    /// The evaluation transform into `out`: resize the shorter side to `eval_resize`, centre-crop
+    /// `eval_crop`, normalise (torchvision `Resize` → `CenterCrop` → `ToTensor` → `Normalize`).
+    pub fn apply_eval / apply_eval_avx2 = apply_eval_inner(src: &RgbImage, recipe: &Recipe, out: &mut [f32])
 }
 
 #[inline(always)]

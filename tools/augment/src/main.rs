@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use lewel::cli::CommonArgs;
-use lewel::data::augment::{run, AugmentConfig};
+use lewel::data::augment::{run, AugmentConfig, KeepGoing};
 use lewel::data::{DataSpec, Recipe};
 use lewel::events::{EventWriter, OnClosed};
 
@@ -117,7 +117,7 @@ fn config(args: Args) -> anyhow::Result<AugmentConfig> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let mut sink = EventWriter::stdout("augment", OnClosed::Fail);
+    let mut sink = KeepGoing::new(EventWriter::stdout("augment", OnClosed::Fail));
     let result = config(args).and_then(|cfg| run(&cfg, &mut sink).map(|_| ()));
     lewel::exit::finish("augment", result)
 }

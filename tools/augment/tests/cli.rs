@@ -214,3 +214,16 @@ fn usage_and_input_errors_have_clear_codes() {
     assert_eq!(std::fs::read_dir(&d).unwrap().count(), 1);
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[test]
+fn a_closed_stdout_does_not_stop_the_run() {
+    let d = scratch("closed");
+    let out = d.join("v.npy");
+    let idx = fixtures().join("fashion-mnist-tiny/t10k-images-idx3-ubyte");
+    let cmd = format!("'{BIN}' '{}' --recipe byol-small --epochs 5 --out '{}' | head -1", idx.display(), out.display());
+    let o = std::process::Command::new("bash").args(["-c", &format!("set -o pipefail; {cmd}")]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 1);
+    assert_eq!(npy_shape(&out), vec![500, 2, 3, 32, 32]);
+    std::fs::remove_dir_all(&d).unwrap();
+}
