@@ -10,6 +10,7 @@ say() { printf '\ndemo: %s\n' "$*" >&2; }
 
 if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
   DATA=/usr/share/datasets/fashion-mnist
+  say "data: Fashion-MNIST from the Debian package dataset-fashion-mnist (60,000 train / 10,000 test)"
   TRAIN=$DATA/train-images-idx3-ubyte.gz VAL=$DATA/t10k-images-idx3-ubyte.gz
 else
   DATA=$top/fixtures/fashion-mnist-tiny
@@ -32,17 +33,27 @@ stage() {
   exit 1
 }
 
-stage pretrain "$BIN/pretrain" "$TRAIN" --preset small-lewelb --max-minutes 3 --out "$OUT/run" >"$OUT/pretrain.jsonl"
-stage embed-train "$BIN/embed" --ckpt "$OUT/run/ckpt/latest" --data "$TRAIN" --out "$OUT/train.npy" >/dev/null
-stage embed-val "$BIN/embed" --ckpt "$OUT/run/ckpt/latest" --data "$VAL" --out "$OUT/val.npy" >/dev/null
+STEPS=${DEMO_STEPS:-100}
+rm -rf "$OUT/run"
+stage pretrain "$BIN/pretrain" "$TRAIN" --preset small-lewelb --epochs 1 --warmup-epochs 0 --max-steps "$STEPS" \
+  --log-every 10 --out "$OUT/run" >"$OUT/pretrain.jsonl"
+stage embed-train "$BIN/embed" --ckpt "$OUT/run" --data "$TRAIN" --out "$OUT/train.npy" >"$OUT/embed-train.jsonl"
+stage embed-val "$BIN/embed" --ckpt "$OUT/run" --data "$VAL" --out "$OUT/val.npy" >"$OUT/embed-val.jsonl"
 stage linear-probe "$BIN/linear-probe" --train-features "$OUT/train.npy" --val-features "$OUT/val.npy" --out "$OUT/probe.json" >"$OUT/probe.jsonl"
-stage knn-probe "$BIN/knn-probe" --train-features "$OUT/train.npy" --val-features "$OUT/val.npy" >"$OUT/knn.jsonl"
-stage export-backbone "$BIN/export-backbone" --ckpt "$OUT/run/ckpt/latest" --format safetensors --out "$OUT/backbone.safetensors" >/dev/null
-stage viz-maps "$BIN/viz-maps" --ckpt "$OUT/run/ckpt/latest" --data "$VAL" --maps top:8 --grid --out "$OUT/maps" >/dev/null
-stage plot-events "$BIN/plot-events" "$OUT/run/events.jsonl" --out "$OUT/curves.png" >/dev/null
+stage knn-probe "$BIN/knn-probe" --train-features "$OUT/train.npy" --val-features "$OUT/val.npy" --k 20 >"$OUT/knn.jsonl"
+stage export-backbone "$BIN/export-backbone" --ckpt "$OUT/run" --format safetensors --out "$OUT/backbone.safetensors" --verify >"$OUT/export.jsonl"
+stage viz-maps "$BIN/viz-maps" --ckpt "$OUT/run" --data "$top/fixtures/photos-96" --maps top:8 --grid --out "$OUT/maps" >"$OUT/maps.jsonl"
+stage plot-events "$BIN/plot-events" "$OUT/run/events.jsonl" --out "$OUT/curves.png" >"$OUT/plot.jsonl"
 
 say "outputs are in $OUT"
-for f in probe.jsonl knn.jsonl; do [ -s "$OUT/$f" ] && { echo "== $f"; cat "$OUT/$f"; }; done
+# The numbers, from the tools' own JSON lines.
+py() { command -v python3 >/dev/null && python3 "$@"; }
+[ -s "$OUT/probe.jsonl" ] && py -c 'import json,sys
+e=[json.loads(l) for l in open(sys.argv[1])][-1]
+print("demo: linear probe top-1 %.1f%% (final epoch), %.1f%% (best epoch, optimistic)" % (e["final_top1_pct"], e["best_top1_pct"]))' "$OUT/probe.jsonl"
+[ -s "$OUT/knn.jsonl" ] && py -c 'import json,sys
+e=[json.loads(l) for l in open(sys.argv[1]) if "\"eval\"" in l][0]
+print("demo: kNN (k=%d, T=%g) top-1 %.1f%%" % (e["k"], e["temperature"], e["top1_pct"]))' "$OUT/knn.jsonl"
 for f in curves.png maps/grid.png; do [ -f "$OUT/$f" ] && say "picture: $OUT/$f"; done
 if [ ${#missing[@]} -gt 0 ]; then
   say "not implemented yet, skipped: ${missing[*]}"
