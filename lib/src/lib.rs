@@ -33,6 +33,7 @@ pub mod signals;
 pub mod stub;
 pub mod testing;
 pub mod train;
+pub mod viz;
 
 pub use error::LewelError;
 

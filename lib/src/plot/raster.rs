@@ -58,6 +58,13 @@ impl Raster {
         }
     }
 
+    /// Copies `img` with its top-left corner at `(x, y)`; what falls outside is cut off.
+    pub fn draw_image(&mut self, x: i64, y: i64, img: &image::RgbImage) {
+        for (ix, iy, p) in img.enumerate_pixels() {
+            self.put(x + ix as i64, y + iy as i64, Rgb(p.0[0], p.0[1], p.0[2]));
+        }
+    }
+
     /// The raw RGB bytes, row by row.
     pub fn as_rgb(&self) -> &[u8] {
         &self.px
@@ -306,6 +313,18 @@ mod tests {
         r.encode_png(&mut png).unwrap();
         let back = image::load_from_memory(&png).unwrap().to_rgb8();
         assert_eq!(back, r.to_image());
+    }
+
+    #[test]
+    fn draw_image_copies_and_clips() {
+        let mut r = Raster::new(4, 3, Rgb::WHITE);
+        let img = image::RgbImage::from_fn(2, 2, |x, y| image::Rgb([x as u8 * 100, y as u8 * 100, 7]));
+        r.draw_image(3, 1, &img);
+        assert_eq!(r.pixel(3, 1), Rgb(0, 0, 7));
+        assert_eq!(r.pixel(3, 2), Rgb(0, 100, 7));
+        assert_eq!(r.pixel(2, 1), Rgb::WHITE);
+        r.draw_image(-1, -1, &img);
+        assert_eq!(r.pixel(0, 0), Rgb(100, 100, 7));
     }
 
     #[test]
