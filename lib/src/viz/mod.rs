@@ -12,7 +12,8 @@
 //! # What is drawn
 //! - DATA: each image through the evaluation transform (resize the shorter side, centre crop; the
 //!   model's default recipe, `size` overrides the crop), one row per image: the image, then the chosen
-//!   maps over it.
+//!   maps over it. Float32 `.npy` DATA (already normalised) is used as it is and un-normalised for
+//!   display with the model's recipe.
 //! - Views (`augment`'s `[N, 2, 3, S, S]` `.npy`): one row per pair: view 1 and the chosen maps over it,
 //!   then view 2 and the same maps over it. Un-normalised with the recipe of the sidecar
 //!   (`views.npy.json`), else ImageNet's mean/std.
@@ -32,7 +33,7 @@
 //! - `start`: `ckpt`, `ckpt_kind`, `method`, `maps_k` (K), `groups` (G), `map_scale`, `group_sum`,
 //!   `maps_drawable` (K, or K/G with `group_sum`), `input` (`data` or `views`), `data` (description),
 //!   `images` (to draw, after `limit`), `input_h_px`, `input_w_px`, `maps` (the choice), `grid`, `out`,
-//!   `device`.
+//!   `device`, `seed`, `git_revision`.
 //! - `warn`: `message`, `index`: an image that could not be read (it is left out).
 //! - `image`, one per drawn image: `index`, `name`, `file` (its PNG, or `grid.png`), `maps` (how many
 //!   drawn), `map_ids` (comma-separated, in drawing order), `mean_entropy_nats` and
@@ -102,6 +103,8 @@ pub struct VizConfig {
     /// Data worker threads (0: one per core).
     pub threads: usize,
     pub device: Device,
+    /// Echoed in the `start` event; nothing here is random.
+    pub seed: u64,
 }
 
 /// What [`run`] drew.
@@ -402,7 +405,9 @@ pub fn run(cfg: &VizConfig, sink: &mut dyn EventSink) -> Result<VizReport> {
             .str("maps", cfg.maps.to_string())
             .bool("grid", cfg.grid)
             .str("out", cfg.out.display().to_string())
-            .str("device", format!("{:?}", cfg.device)),
+            .str("device", format!("{:?}", cfg.device))
+            .int("seed", cfg.seed as i64)
+            .str("git_revision", crate::GIT_REVISION),
     )?;
 
     let mut rows: Vec<Row> = Vec::new();

@@ -33,11 +33,12 @@ pre-training, or on the view pairs of `augment --out views.npy` to check that a 
 content across two views. It works for lewel-b and lewel-m checkpoints of ours and for official \
 LEWEL checkpoints; BYOL and MoCo v2 models have no maps (exit 1).
 
-Each image goes through the evaluation transform, the maps are upsampled to it (bilinear) and drawn \
-over the image in grey, in viridis with transparency. Each map's colour scale runs from its own \
+Each image goes through the evaluation transform; the maps are upsampled to it (bilinear) and drawn \
+in viridis, with transparency, over a grey copy of it. Each map's colour scale runs from its own \
 minimum to its own maximum, so even a nearly uniform map (a young model's; with scale 1 no map can \
-exceed a max/min ratio of e²) shows its shape: the tile's label gives the truth, the map's entropy H \
-in nats and as a share of the uniform ln(h'·w'). A ring marks the peak.
+exceed a max/min ratio of e²) shows its shape. The tile's label tells the truth: the map's entropy H \
+in nats (the header gives the uniform ln(h'·w')) and, where it fits, its peak weight in units of the \
+uniform 1/(h'·w'). A ring marks the peak.
 
 stdout gets JSON lines: start; one image event per image (index, name, file, map_ids, mean and min \
 entropy); one map event per drawn map (index, view, map, rank, entropy_nats, entropy_ratio, peak_row, \
@@ -117,6 +118,7 @@ impl Args {
             limit: self.limit,
             threads: self.threads,
             device: self.common.device.resolve()?,
+            seed: self.common.seed,
         })
     }
 }

@@ -258,8 +258,14 @@ fn bad_requests_fail_clearly() {
         run_tool(BIN, &["--ckpt", ck.to_str().unwrap(), "--data", PHOTOS, "--out", o, "--maps", "4", "--group-sum"]);
     assert_eq!(r.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&r.stderr).contains("K/G"));
-    let r = run_tool(BIN, &["--ckpt", ck.to_str().unwrap(), "--data", PHOTOS, "--out", o, "--maps", "top:x"]);
-    assert_eq!(r.status.code(), Some(2));
+    for bad in [&["--maps", "top:x"][..], &["--limit", "0"], &["--size", "0"], &["--views", "v.npy", "--size", "64"]] {
+        let mut args = vec!["--ckpt", ck.to_str().unwrap(), "--data", PHOTOS, "--out", o];
+        if bad[0] == "--views" {
+            args.drain(2..4); // --views replaces --data
+        }
+        args.extend_from_slice(bad);
+        assert_eq!(run_tool(BIN, &args).status.code(), Some(2), "{bad:?}");
+    }
 
     let empty = d.join("empty");
     std::fs::create_dir_all(&empty).unwrap();
@@ -308,5 +314,18 @@ fn lewel_m_checkpoints_have_maps_too() {
     ]);
     assert_eq!(ev[0]["method"], "lewel-m");
     check_stats(&ev, 1, 8, &[0]);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn official_checkpoints_open_through_the_importer() {
+    let d = scratch("official");
+    let ck = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/export/official-tiny.pth.tar");
+    let out = d.join("out");
+    let ev =
+        ok(&["--ckpt", ck, "--data", PHOTOS, "--out", out.to_str().unwrap(), "--limit", "2", "--maps", "all", "-q"]);
+    assert_eq!((ev.iter().find(|e| e["event"] == "start").unwrap()["ckpt_kind"].as_str()), Some("official"));
+    check_stats(&ev, 2, 8, &[0]);
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 2);
     let _ = std::fs::remove_dir_all(&d);
 }
