@@ -619,6 +619,93 @@ fn short_path(p: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::MemorySink;
+    use crate::model::{Arch, ModelConfig, Stem};
+
+    fn events(sink: &MemorySink, kind: &str) -> Vec<serde_json::Value> {
+        let evs = sink.events.lock().unwrap();
+        evs.iter().filter(|e| e.kind() == kind).map(|e| serde_json::from_str(&e.to_line()).unwrap()).collect()
+    }
+
+    /// The events say what the model computes: every map of every image (across batch boundaries),
+    /// and the group sums.
+    #[test]
+    fn events_match_the_models_maps() {
+        let d = std::env::temp_dir().join(format!("lewel-viz-lib-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        tch::manual_seed(11);
+        let mc = ModelConfig {
+            arch: Arch::Resnet18,
+            stem: Stem::Cifar,
+            width: 4,
+            proj_dim: 8,
+            hidden_dim: 16,
+            groups: 2,
+            ..ModelConfig::default()
+        };
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        let model = Lewel::new(&vs, &mc).unwrap();
+        let x = Tensor::randn([4, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let _ = model.forward_loss(&x, &x.flip([3])).unwrap();
+        let ck = d.join("ckpt");
+        std::fs::create_dir_all(&ck).unwrap();
+        let ck =
+            crate::ckpt::save(&ck, 1, 0, &model.state_dict(), &serde_json::json!({"config": {"model": mc}})).unwrap();
+        // 18 normalised 3x16x16 tensors: two batches of the tool.
+        let n = 18;
+        let values = crate::testing::test_values(n * 3 * 16 * 16, 4);
+        let data = d.join("x.npy");
+        crate::testing::write_npy_f32(&data, &[n as u64, 3, 16, 16], &values);
+        let want = model.alignment_maps(&Tensor::from_slice(&values).view([n as i64, 3, 16, 16])).unwrap(); // [n, 8, 2, 2]
+        let want: Vec<f32> = Vec::try_from(want.flatten(0, -1)).unwrap();
+        let cfg = VizConfig {
+            ckpt: ck,
+            input: Input::Data(DataSpec::new(&data)),
+            out: d.join("out"),
+            maps: MapChoice::All,
+            group_sum: false,
+            grid: true,
+            size: None,
+            limit: 100,
+            threads: 1,
+            device: Device::Cpu,
+            seed: 0,
+        };
+        let mut sink = MemorySink::default();
+        let report = run(&cfg, &mut sink).unwrap();
+        assert_eq!((report.images, report.files.len()), (n, 1));
+        let maps = events(&sink, "map");
+        assert_eq!(maps.len(), n * 8);
+        for m in &maps {
+            let (i, j) = (m["index"].as_u64().unwrap() as usize, m["map"].as_u64().unwrap() as usize);
+            let st = stats::map_stats(&want[(i * 8 + j) * 4..(i * 8 + j + 1) * 4], 2, 2);
+            assert!((m["entropy_nats"].as_f64().unwrap() - st.entropy_nats).abs() < 1e-6, "{m}");
+            assert!((m["peak_mass"].as_f64().unwrap() - st.peak_mass).abs() < 1e-6, "{m}");
+            assert_eq!(
+                (m["peak_row"].as_u64(), m["peak_col"].as_u64()),
+                (Some(st.peak_row as u64), Some(st.peak_col as u64))
+            );
+        }
+        // Group sums: representation j of image i is the mean of maps j and 4 + j.
+        let mut sink = MemorySink::default();
+        run(
+            &VizConfig { group_sum: true, maps: MapChoice::Indices(vec![3, 1]), grid: false, limit: 2, ..cfg },
+            &mut sink,
+        )
+        .unwrap();
+        let maps = events(&sink, "map");
+        assert_eq!(maps.len(), 2 * 2);
+        for m in &maps {
+            let (i, j) = (m["index"].as_u64().unwrap() as usize, m["map"].as_u64().unwrap() as usize);
+            let mean: Vec<f32> =
+                (0..4).map(|q| (want[(i * 8 + j) * 4 + q] + want[(i * 8 + 4 + j) * 4 + q]) / 2.0).collect();
+            let st = stats::map_stats(&mean, 2, 2);
+            assert!((m["entropy_nats"].as_f64().unwrap() - st.entropy_nats).abs() < 1e-6, "{m}");
+        }
+        assert_eq!(events(&sink, "image")[0]["map_ids"], "3,1");
+        let _ = std::fs::remove_dir_all(&d);
+    }
 
     #[test]
     fn stems_are_safe_file_names() {
