@@ -225,21 +225,9 @@ fn open_data(spec: &DataSpec, cfg: &VizConfig, default_recipe: Recipe) -> Result
     let batches = loader
         .batches_raw()
         .map(|b| b.map(|b| InputBatch { indices: b.indices, views: vec![b.images], skipped: b.skipped }));
-    // The loader's batches run on its own pool; keeping the loader alive is the iterator's job.
-    let batches: Box<dyn Iterator<Item = Result<InputBatch>>> = Box::new(KeepAlive { _loader: loader, inner: batches });
+    // The batches own what they need (the data set, the recipe, the worker pool): the loader can go.
+    let batches = Box::new(batches);
     Ok(Source { describe: ds.describe(), names, stems, hw, mean: recipe.mean, std: recipe.std, pairs: false, batches })
-}
-
-struct KeepAlive<I> {
-    _loader: EvalLoader,
-    inner: I,
-}
-
-impl<I: Iterator> Iterator for KeepAlive<I> {
-    type Item = I::Item;
-    fn next(&mut self) -> Option<I::Item> {
-        self.inner.next()
-    }
 }
 
 /// `views.npy` → `views.npy.json`.
@@ -473,50 +461,21 @@ pub fn run(cfg: &VizConfig, sink: &mut dyn EventSink) -> Result<VizReport> {
                     .int("map_h", map_hw.0 as i64)
                     .int("map_w", map_hw.1 as i64),
             )?;
-            let max_h = (p as f64).ln();
             let mut row = Row::default();
             for (v, (chosen, st)) in per_view.iter().enumerate() {
-                let view = if src.pairs { v + 1 } else { 0 };
                 let img = &batch.views[v][row_in_batch * per_img..(row_in_batch + 1) * per_img];
-                let base = sheet::unnormalise(img, src.hw.0, src.hw.1, src.mean, src.std);
-                let first = if src.pairs {
-                    let who = if v == 0 { format!("#{i} view 1") } else { "view 2".to_string() };
-                    vec![who.clone(), who]
-                } else {
-                    vec![format!("#{i} {}", src.stems[i]), format!("#{i}")]
+                let view = if src.pairs { v + 1 } else { 0 };
+                let first = match view {
+                    0 => vec![format!("#{i} {}", src.stems[i]), format!("#{i}")],
+                    1 => vec![format!("#{i} view 1")],
+                    _ => vec!["view 2".to_string()],
                 };
+                let base = sheet::unnormalise(img, src.hw.0, src.hw.1, src.mean, src.std);
+                let what = if cfg.group_sum { "rep" } else { "map" };
                 let mut block = vec![Tile { image: base.clone(), labels: first, peak: None }];
                 for (rank, &j) in picked.iter().enumerate() {
-                    let s = &st[j];
-                    let ratio = if max_h > 0.0 { s.entropy_nats / max_h } else { 0.0 };
-                    sink.emit(
-                        &Event::new(TOOL, "map")
-                            .int("index", i as i64)
-                            .int("view", view as i64)
-                            .int("map", j as i64)
-                            .int("rank", rank as i64)
-                            .num("entropy_nats", s.entropy_nats)
-                            .num("entropy_ratio", ratio)
-                            .int("peak_row", s.peak_row as i64)
-                            .int("peak_col", s.peak_col as i64)
-                            .num("peak_mass", s.peak_mass)
-                            .num("top10_mass", s.top10_mass),
-                    )?;
-                    let what = if cfg.group_sum { "rep" } else { "map" };
-                    block.push(Tile {
-                        image: sheet::overlay(&base, &chosen[j * p..(j + 1) * p], map_hw.0, map_hw.1),
-                        labels: vec![
-                            format!("{what} {j} · H {:.3} · peak {:.2}×", s.entropy_nats, s.peak_mass * p as f64),
-                            format!("{what} {j} · H {:.3}", s.entropy_nats),
-                            format!("{j} · H {:.3}", s.entropy_nats),
-                            format!("{j} · H {:.2}", s.entropy_nats),
-                            format!("{j}"),
-                        ],
-                        peak: Some((
-                            (s.peak_col as f64 + 0.5) / map_hw.1 as f64,
-                            (s.peak_row as f64 + 0.5) / map_hw.0 as f64,
-                        )),
-                    });
+                    sink.emit(&map_event(i, view, j, rank, &st[j], p))?;
+                    block.push(map_tile(&base, &chosen[j * p..(j + 1) * p], map_hw, &st[j], what, j));
                 }
                 row.blocks.push(block);
             }
@@ -562,6 +521,40 @@ pub fn run(cfg: &VizConfig, sink: &mut dyn EventSink) -> Result<VizReport> {
             .num("elapsed_s", t0.elapsed().as_secs_f64()),
     )?;
     Ok(VizReport { images: drawn, skipped, files, mean_entropy_nats: mean_h, max_entropy_nats: max_h })
+}
+
+/// The `map` event of map `j` of image `i` (`view` 0 for an image, 1 or 2 for a view), drawn at `rank`.
+fn map_event(i: usize, view: usize, j: usize, rank: usize, s: &MapStats, positions: usize) -> Event {
+    let max_h = (positions as f64).ln();
+    Event::new(TOOL, "map")
+        .int("index", i as i64)
+        .int("view", view as i64)
+        .int("map", j as i64)
+        .int("rank", rank as i64)
+        .num("entropy_nats", s.entropy_nats)
+        .num("entropy_ratio", if max_h > 0.0 { s.entropy_nats / max_h } else { 0.0 })
+        .int("peak_row", s.peak_row as i64)
+        .int("peak_col", s.peak_col as i64)
+        .num("peak_mass", s.peak_mass)
+        .num("top10_mass", s.top10_mass)
+}
+
+/// The tile of one map (`map_hw` positions) over `base`, labelled `<what> <j>`, H and the peak weight
+/// in units of the uniform one.
+fn map_tile(base: &RgbImage, map: &[f32], map_hw: (usize, usize), s: &MapStats, what: &str, j: usize) -> Tile {
+    let p = (map_hw.0 * map_hw.1) as f64;
+    let h = s.entropy_nats;
+    Tile {
+        image: sheet::overlay(base, map, map_hw.0, map_hw.1),
+        labels: vec![
+            format!("{what} {j} · H {h:.3} · peak {:.2}×", s.peak_mass * p),
+            format!("{what} {j} · H {h:.3}"),
+            format!("{j} · H {h:.3}"),
+            format!("{j} · H {h:.2}"),
+            format!("{j}"),
+        ],
+        peak: Some(((s.peak_col as f64 + 0.5) / map_hw.1 as f64, (s.peak_row as f64 + 0.5) / map_hw.0 as f64)),
+    }
 }
 
 /// The header lines of a picture: what model, which maps, how to read the colours.
