@@ -665,3 +665,60 @@ pub fn run(
     }
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stratified_is_deterministic_and_counts_per_class() {
+        let labels: Vec<i64> = (0..250).map(|i| (i % 7) as i64 % 3).collect(); // classes of 84, 83, 83
+        let a = stratified(&labels, 0.1, 1).unwrap();
+        assert_eq!(a, stratified(&labels, 0.1, 1).unwrap());
+        assert_ne!(a, stratified(&labels, 0.1, 2).unwrap());
+        for c in 0..3 {
+            let n = labels.iter().filter(|&&l| l == c).count();
+            let k = a.iter().filter(|&&i| labels[i] == c).count();
+            assert_eq!(k, ((0.1 * n as f64).round() as usize).max(1), "class {c}");
+        }
+        assert!(a.windows(2).all(|w| w[0] < w[1]));
+        // At least one per class, however small the fraction.
+        assert_eq!(stratified(&labels, 0.0001, 1).unwrap().len(), 3);
+        assert!(stratified(&labels, 0.0, 1).is_err());
+        assert!(stratified(&labels, 1.5, 1).is_err());
+    }
+
+    #[test]
+    fn presets_follow_the_official_protocol() {
+        let p1 = preset("semi-1pct").unwrap();
+        assert_eq!((p1.lr_backbone, p1.lr_classifier, p1.epochs, p1.batch_size), (0.0001, 1.0, 50, 256));
+        assert_eq!((p1.milestones.clone(), p1.gamma, p1.momentum, p1.weight_decay), (vec![30, 40], 0.1, 0.9, 1e-4));
+        assert_eq!((p1.size, p1.eval_resize, p1.eval_crop, p1.eval_every), (224, 256, 224, 5));
+        let p10 = preset("semi-10pct").unwrap();
+        assert_eq!((p10.lr_backbone, p10.lr_classifier), (0.01, 0.1));
+        assert!(preset("semi-5pct").is_err());
+        assert_eq!(eval_sizes(224), (256, 224));
+        assert_eq!(eval_sizes(32), (32, 32));
+    }
+
+    #[test]
+    fn step_schedule_decays_both_groups() {
+        let s = LrSchedule::Steps { milestones: vec![30, 40], gamma: 0.1 };
+        assert_eq!(s.lr(1.0, 50, 29, 7, 10), 1.0);
+        assert!((s.lr(1.0, 50, 30, 0, 10) - 0.1).abs() < 1e-15);
+        assert!((s.lr(0.01, 50, 45, 0, 10) - 0.0001).abs() < 1e-15);
+    }
+
+    #[test]
+    fn linear_init_is_torchvision_default() {
+        tch::manual_seed(0);
+        let (w, b) = linear_init(10, 64, Device::Cpu);
+        assert_eq!((w.size(), b.size()), (vec![10, 64], vec![10]));
+        let bound = 1.0 / 8.0;
+        for t in [&w, &b] {
+            assert!(t.abs().max().double_value(&[]) <= bound);
+            assert!(t.requires_grad());
+        }
+        assert!(w.abs().max().double_value(&[]) > 0.9 * bound);
+    }
+}
