@@ -1,4 +1,12 @@
-//! The pre-training loop: one loop for every method, with exact resume.
+//! The training loop: one loop for every method and every tool, with exact resume.
+//!
+//! [`train_loop`] owns the schedule ([`LrSchedule`]), the events (`start`, `step`, `epoch`, `eval`,
+//! `checkpoint`, `warn`, `error`, `end`), the checkpoints (save, prune, resume from the newest valid one),
+//! SIGINT/SIGTERM (finish the step, checkpoint, exit 130), divergence (exit 3) and the periodic evaluation
+//! (every N epochs and after the last; the records travel in the sidecars, so a resumed run keeps them). A tool
+//! supplies a [`BatchSource`] (deterministic epochs from (seed, epoch, index)) and a [`TrainTask`] (the step,
+//! the state, the evaluation): pre-training ([`run`], with the kNN monitor of [`crate::monitor`]) and
+//! semi-supervised fine-tuning ([`crate::semi`]).
 //!
 //! Semantics follow the official loop (`reference/lewel-official.md` §3, §5.3): per-step linear warm-up,
 //! then a cosine learning rate constant within each epoch; the EMA momentum from the 0-based global step
@@ -468,6 +476,15 @@ pub fn train_loop<B>(
     let mut step = start_step;
     let mut window = Window::default();
     let stop_at = opts.max_steps.map(|m| m.min(total)).unwrap_or(total);
+    // A run interrupted at the end of an epoch whose evaluation was due skipped it (it would have delayed the
+    // exit); the resumed run does it first, so the record is the same as without the interruption.
+    if resumed_from.is_some() && step > 0 && step % spe == 0 && lc.eval_every_epochs > 0 {
+        let epoch = step / spe - 1;
+        let due = (epoch + 1) % lc.eval_every_epochs == 0 || step == total;
+        if due && !evals.iter().any(|r| r.epoch == epoch) {
+            run_eval(tool, task, epoch, step, &mut evals, sink)?;
+        }
+    }
     let mut batches = source.epoch(step / spe, (step % spe) as usize, lc.batch_size);
     while step < stop_at {
         let epoch = step / spe;
@@ -551,17 +568,7 @@ pub fn train_loop<B>(
             window.new_epoch();
             let due = lc.eval_every_epochs > 0 && ((epoch + 1) % lc.eval_every_epochs == 0 || step == total);
             if due && !signals::requested() {
-                let te = Instant::now();
-                if let Some(fields) = task.evaluate(epoch, sink)? {
-                    sink.emit(
-                        &Event::new(tool, "eval")
-                            .int("epoch", epoch as i64)
-                            .int("step", step as i64)
-                            .merge(&fields)
-                            .num("eval_s", te.elapsed().as_secs_f64()),
-                    )?;
-                    evals.push(EvalRecord { epoch, step, fields });
-                }
+                run_eval(tool, task, epoch, step, &mut evals, sink)?;
             }
             if step < stop_at {
                 batches = source.epoch(step / spe, 0, lc.batch_size);
@@ -591,6 +598,29 @@ pub fn train_loop<B>(
             .num("elapsed_s", t0.elapsed().as_secs_f64()),
     )?;
     Ok(LoopOutcome { checkpoint: path, step, total_steps: total, evals })
+}
+
+/// Runs the task's evaluation after `epoch`, emits the `eval` event and records it.
+fn run_eval<B>(
+    tool: &str,
+    task: &mut dyn TrainTask<Batch = B>,
+    epoch: u64,
+    step: u64,
+    evals: &mut Vec<EvalRecord>,
+    sink: &mut dyn EventSink,
+) -> Result<()> {
+    let te = Instant::now();
+    if let Some(fields) = task.evaluate(epoch, sink)? {
+        sink.emit(
+            &Event::new(tool, "eval")
+                .int("epoch", epoch as i64)
+                .int("step", step as i64)
+                .merge(&fields)
+                .num("eval_s", te.elapsed().as_secs_f64()),
+        )?;
+        evals.push(EvalRecord { epoch, step, fields });
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------------------------
