@@ -299,12 +299,17 @@ pub fn prune(dir: &Path, keep_last: usize, keep_every_epochs: u64) -> Result<Vec
     Ok(removed)
 }
 
-/// Loads a full model state (official naming; `optimizer.*` entries are left to the optimiser),
+/// The prefix of a task head stored next to the model (finetune-semi's classifier `fc.weight` / `fc.bias`, the
+/// torchvision name): not part of the LEWEL state, so model loading leaves it to the task, as it leaves
+/// `optimizer.*` to the optimiser. A fine-tuned checkpoint thus opens wherever a pre-training one does.
+pub const TASK_HEAD_PREFIX: &str = "fc.";
+
+/// Loads a full model state (official naming; `optimizer.*` entries are left to the optimiser, `fc.*` to the task),
 /// naming `path` in the error that lists missing, unexpected and mis-shaped keys.
 pub fn load_model_state(model: &Lewel, tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
     let only_model: HashMap<String, Tensor> = tensors
         .iter()
-        .filter(|(k, _)| !k.starts_with("optimizer."))
+        .filter(|(k, _)| !k.starts_with("optimizer.") && !k.starts_with(TASK_HEAD_PREFIX))
         .map(|(k, v)| (k.clone(), v.shallow_clone()))
         .collect();
     model.load_state_dict(&only_model, true).map_err(|e| match e {

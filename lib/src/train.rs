@@ -1,4 +1,12 @@
-//! The pre-training loop: one loop for every method, with exact resume.
+//! The training loop: one loop for every method and every tool, with exact resume.
+//!
+//! [`train_loop`] owns the schedule ([`LrSchedule`]), the events (`start`, `step`, `epoch`, `eval`,
+//! `checkpoint`, `warn`, `error`, `end`), the checkpoints (save, prune, resume from the newest valid one),
+//! SIGINT/SIGTERM (finish the step, checkpoint, exit 130), divergence (exit 3) and the periodic evaluation
+//! (every N epochs and after the last; the records travel in the sidecars, so a resumed run keeps them). A tool
+//! supplies a [`BatchSource`] (deterministic epochs from (seed, epoch, index)) and a [`TrainTask`] (the step,
+//! the state, the evaluation): pre-training ([`run`], with the kNN monitor of [`crate::monitor`]) and
+//! semi-supervised fine-tuning ([`crate::semi`]).
 //!
 //! Semantics follow the official loop (`reference/lewel-official.md` §3, §5.3): per-step linear warm-up,
 //! then a cosine learning rate constant within each epoch; the EMA momentum from the 0-based global step
@@ -58,6 +66,9 @@ pub struct PretrainConfig {
     pub input: Input,
     /// Initial full state (official naming), applied before step 0.
     pub init: Option<PathBuf>,
+    /// The online kNN monitor (periodic evaluation), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub knn_monitor: Option<crate::monitor::KnnMonitorConfig>,
 }
 
 /// Where the view pairs come from.
@@ -234,11 +245,465 @@ pub fn build(cfg: &PretrainConfig, device: Device) -> Result<(nn::VarStore, Lewe
     Ok((vs, model, opt))
 }
 
-/// The full state to checkpoint: model (online, target, predictors, buffers) and optimiser.
-fn full_state(model: &Lewel, opt: &Optimizer) -> Vec<(String, Tensor)> {
-    let mut s = model.state_dict();
-    s.extend(opt.state());
-    s
+// ---------------------------------------------------------------------------------------------------------------
+// The loop core, shared by `pretrain` and `finetune-semi`.
+// ---------------------------------------------------------------------------------------------------------------
+
+/// The learning-rate schedule the loop applies to every base learning rate of a task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum LrSchedule {
+    /// Per-step linear warm-up over `warmup_epochs`, then a cosine constant within each epoch
+    /// ([`schedule::lr_at`]; the official pre-training schedule).
+    WarmupCosine { warmup_epochs: u64 },
+    /// Step decay per epoch: the base lr times `gamma` for every milestone `<=` the epoch (the official
+    /// semi-supervised and linear schedules: ×0.1 at 30 and 40 of 50).
+    Steps { milestones: Vec<u64>, gamma: f64 },
+}
+
+impl LrSchedule {
+    /// The lr of step `in_epoch` of (0-based) `epoch` for a base lr `base`.
+    pub fn lr(&self, base: f64, epochs: u64, epoch: u64, in_epoch: u64, steps_per_epoch: u64) -> f64 {
+        match self {
+            LrSchedule::WarmupCosine { warmup_epochs } => {
+                schedule::lr_at(base, *warmup_epochs, epochs, epoch, in_epoch, steps_per_epoch)
+            }
+            LrSchedule::Steps { milestones, gamma } => {
+                milestones.iter().filter(|&&m| epoch >= m).fold(base, |lr, _| lr * gamma)
+            }
+        }
+    }
+}
+
+/// Where the loop stands at a step (given to [`TrainTask::train_step`]).
+#[derive(Debug, Clone)]
+pub struct StepCtx<'a> {
+    /// 0-based epoch.
+    pub epoch: u64,
+    /// The step within the epoch.
+    pub in_epoch: u64,
+    pub steps_per_epoch: u64,
+    /// 0-based global step (the number of steps taken before this one).
+    pub step: u64,
+    pub total_steps: u64,
+    pub epochs: u64,
+    schedule: &'a LrSchedule,
+}
+
+impl StepCtx<'_> {
+    /// The scheduled learning rate of this step for base lr `base`.
+    pub fn lr(&self, base: f64) -> f64 {
+        self.schedule.lr(base, self.epochs, self.epoch, self.in_epoch, self.steps_per_epoch)
+    }
+}
+
+/// What a step reports.
+#[derive(Debug, Clone)]
+pub struct StepOut {
+    /// The loss before the update. Non-finite: the task must not have updated anything (divergence).
+    pub loss: f64,
+    /// The main learning rate used (for events and the progress bar).
+    pub lr: f64,
+    /// Extra numbers for the `step` event (`loss_global`, `ema_momentum`...).
+    pub fields: Vec<(&'static str, f64)>,
+}
+
+/// One batch from a [`BatchSource`], with what the loader measured and skipped.
+pub struct LoopBatch<B> {
+    pub data: B,
+    /// Seconds the loop waited for the batch (None: measure around the call).
+    pub wait_s: Option<f64>,
+    /// Items that could not be read: (index, reason).
+    pub skipped: Vec<(usize, String)>,
+}
+
+/// The training data of a task: deterministic epochs that can start at any step.
+pub trait BatchSource {
+    type Batch;
+    /// Items in the data set.
+    fn len(&self) -> usize;
+    /// Whether there are no items.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The name of item `i` (for warnings).
+    fn item_name(&self, i: usize) -> String;
+    /// The batches of `epoch` from step `start` on (a last partial batch dropped).
+    fn epoch(
+        &self,
+        epoch: u64,
+        start: usize,
+        batch: usize,
+    ) -> Box<dyn Iterator<Item = Result<LoopBatch<Self::Batch>>> + '_>;
+}
+
+/// What the loop trains: a model, its optimiser and its periodic evaluation.
+pub trait TrainTask {
+    type Batch;
+    /// One step: forward, loss, and (only for a finite loss) backward and update.
+    fn train_step(&mut self, batch: Self::Batch, ctx: &StepCtx) -> Result<StepOut>;
+    /// Every tensor of the state to checkpoint (model and optimiser), official names.
+    fn state(&self) -> Vec<(String, Tensor)>;
+    /// Restores [`TrainTask::state`] from a checkpoint read from `path`.
+    fn load_state(&mut self, tensors: &HashMap<String, Tensor>, path: &std::path::Path) -> Result<()>;
+    /// The periodic evaluation after epoch `epoch` (0-based): fields of the `eval` event, or None. It must not
+    /// change the training state.
+    fn evaluate(&mut self, epoch: u64, sink: &mut dyn EventSink) -> Result<Option<serde_json::Map<String, Value>>> {
+        let _ = (epoch, sink);
+        Ok(None)
+    }
+}
+
+/// What the loop itself needs to know (the task's own settings stay in the task).
+#[derive(Debug, Clone)]
+pub struct LoopConfig {
+    /// The tool name in events.
+    pub tool: &'static str,
+    pub epochs: u64,
+    pub batch_size: usize,
+    pub schedule: LrSchedule,
+    pub seed: u64,
+    /// Write a checkpoint every N steps (0 = only at epoch ends).
+    pub ckpt_every_steps: u64,
+    /// Write a checkpoint every N epochs (0 = never at epoch ends; the final one is always written).
+    pub ckpt_every_epochs: u64,
+    pub keep_last: usize,
+    pub keep_every_epochs: u64,
+    /// Run [`TrainTask::evaluate`] after every N-th epoch and after the last (0 = never).
+    pub eval_every_epochs: u64,
+    /// The sidecar's `config` (must hold `model`: a [`ModelConfig`], so the checkpoints open anywhere).
+    pub config: Value,
+    /// Extra fields of the `start` event.
+    pub start_fields: serde_json::Map<String, Value>,
+}
+
+/// One periodic evaluation, as recorded in the checkpoints' sidecars (so a resumed run keeps them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalRecord {
+    pub epoch: u64,
+    pub step: u64,
+    pub fields: serde_json::Map<String, Value>,
+}
+
+/// What [`train_loop`] returns.
+#[derive(Debug, Clone)]
+pub struct LoopOutcome {
+    /// The final checkpoint.
+    pub checkpoint: PathBuf,
+    /// The global step reached.
+    pub step: u64,
+    pub total_steps: u64,
+    /// Every evaluation of the run, including those before a resume.
+    pub evals: Vec<EvalRecord>,
+}
+
+/// The training loop: schedule, events, checkpoints (with resume), signals, divergence and periodic evaluation,
+/// for any task. See the module docs for the resume semantics.
+pub fn train_loop<B>(
+    lc: &LoopConfig,
+    source: &dyn BatchSource<Batch = B>,
+    task: &mut dyn TrainTask<Batch = B>,
+    opts: &RunOptions,
+    run_dir: &RunDir,
+    sink: &mut dyn EventSink,
+    progress: &mut dyn FnMut(&StepReport),
+) -> Result<LoopOutcome> {
+    let tool = lc.tool;
+    if lc.batch_size == 0 {
+        return Err(LewelError::Usage("--batch-size must be at least 1".into()).into());
+    }
+    if source.len() < lc.batch_size {
+        bail!("--batch-size {} is larger than the data set ({} images); lower it", lc.batch_size, source.len());
+    }
+    let spe = (source.len() / lc.batch_size) as u64;
+    let total = spe * lc.epochs;
+
+    let mut start_step = 0u64;
+    let mut resumed_from = None;
+    let mut evals: Vec<EvalRecord> = Vec::new();
+    if opts.resume {
+        let (loaded, skipped) = ckpt::find_resumable(&run_dir.ckpt_dir())?;
+        for why in skipped {
+            sink.emit(&Event::new(tool, "warn").str("message", format!("resume: {why}")))?;
+        }
+        task.load_state(&loaded.tensors, &loaded.path)?;
+        start_step = loaded.sidecar.step;
+        if let Some(v) = loaded.sidecar.info.get("evals") {
+            evals = serde_json::from_value(v.clone())
+                .with_context(|| format!("{}: malformed evals", ckpt::sidecar_path(&loaded.path).display()))?;
+        }
+        resumed_from = Some(loaded.path.display().to_string());
+    }
+
+    let mut start = Event::new(tool, "start")
+        .int("seed", lc.seed as i64)
+        .str("git_revision", crate::GIT_REVISION)
+        .str("device", format!("{:?}", opts.device))
+        .int("steps_per_epoch", spe as i64)
+        .int("total_steps", total as i64)
+        .int("start_step", start_step as i64);
+    if let Some(r) = &resumed_from {
+        start = start.str("resumed_from", r.clone());
+    }
+    sink.emit(&start.merge(&lc.start_fields))?;
+
+    let save = |step: u64,
+                epoch_end: bool,
+                task: &dyn TrainTask<Batch = B>,
+                evals: &[EvalRecord],
+                sink: &mut dyn EventSink|
+     -> Result<PathBuf> {
+        let epoch = step / spe.max(1);
+        let mut info = serde_json::json!({"config": lc.config, "seed": lc.seed, "epoch_end": epoch_end});
+        if !evals.is_empty() {
+            info["evals"] = serde_json::to_value(evals)?;
+        }
+        let p = ckpt::save(&run_dir.ckpt_dir(), step, epoch, &task.state(), &info)?;
+        let removed = ckpt::prune(&run_dir.ckpt_dir(), lc.keep_last, lc.keep_every_epochs)?;
+        sink.emit(
+            &Event::new(tool, "checkpoint")
+                .int("step", step as i64)
+                .int("epoch", epoch as i64)
+                .str("path", p.display().to_string())
+                .int("pruned", removed.len() as i64),
+        )?;
+        Ok(p)
+    };
+
+    let t0 = Instant::now();
+    let mut last_saved = if resumed_from.is_some() { Some(start_step) } else { None };
+    let mut last_path = None;
+    let mut step = start_step;
+    let mut window = Window::default();
+    let stop_at = opts.max_steps.map(|m| m.min(total)).unwrap_or(total);
+    // A run interrupted at the end of an epoch whose evaluation was due skipped it (it would have delayed the
+    // exit); the resumed run does it first, so the record is the same as without the interruption.
+    if resumed_from.is_some() && step > 0 && step % spe == 0 && lc.eval_every_epochs > 0 {
+        let epoch = step / spe - 1;
+        let due = (epoch + 1) % lc.eval_every_epochs == 0 || step == total;
+        if due && !evals.iter().any(|r| r.epoch == epoch) {
+            run_eval(tool, task, epoch, step, &mut evals, sink)?;
+        }
+    }
+    let mut batches = source.epoch(step / spe, (step % spe) as usize, lc.batch_size);
+    while step < stop_at {
+        let epoch = step / spe;
+        let in_epoch = step % spe;
+        let wait0 = Instant::now();
+        let batch = batches.next().context("the data ended before the epoch did")??;
+        let wait_s = batch.wait_s.unwrap_or_else(|| wait0.elapsed().as_secs_f64());
+        for (i, why) in &batch.skipped {
+            sink.emit(
+                &Event::new(tool, "warn")
+                    .str("message", format!("skipped {}: {why}", source.item_name(*i)))
+                    .int("index", *i as i64)
+                    .int("step", step as i64),
+            )?;
+        }
+        let ctx = StepCtx {
+            epoch,
+            in_epoch,
+            steps_per_epoch: spe,
+            step,
+            total_steps: total,
+            epochs: lc.epochs,
+            schedule: &lc.schedule,
+        };
+        let t_step = Instant::now();
+        let out = task.train_step(batch.data, &ctx)?;
+        let loss = out.loss;
+        if !loss.is_finite() {
+            let mut ev = Event::new(tool, "error")
+                .str("message", "training diverged: non-finite loss")
+                .int("step", step as i64)
+                .int("epoch", epoch as i64);
+            if let Some(l) = window.last_loss {
+                ev = ev.num("last_finite_loss", l).int("last_finite_step", step.saturating_sub(1) as i64);
+            }
+            sink.emit(&ev)?;
+            return Err(LewelError::Diverged { step, loss }.into());
+        }
+        let busy_s = t_step.elapsed().as_secs_f64();
+        step += 1;
+        window.add(loss, lc.batch_size, wait_s, busy_s);
+
+        let report = StepReport {
+            epoch,
+            epochs: lc.epochs,
+            step,
+            total_steps: total,
+            loss,
+            lr: out.lr,
+            images_per_s: window.images_per_s(),
+            data_wait_frac: window.wait_frac(),
+        };
+        if opts.log_every > 0 && step % opts.log_every == 0 {
+            let mut ev = Event::new(tool, "step")
+                .int("step", step as i64)
+                .int("epoch", epoch as i64)
+                .num("loss", loss)
+                .num("lr", out.lr);
+            for (k, v) in &out.fields {
+                ev = ev.num(k, *v);
+            }
+            sink.emit(
+                &ev.num("step_s", busy_s)
+                    .num("images_per_s", report.images_per_s)
+                    .num("data_wait_frac", report.data_wait_frac),
+            )?;
+        }
+        progress(&report);
+
+        let epoch_end = step % spe == 0;
+        if epoch_end {
+            sink.emit(
+                &Event::new(tool, "epoch")
+                    .int("epoch", epoch as i64)
+                    .int("step", step as i64)
+                    .num("loss_mean", window.epoch_loss_mean())
+                    .num("images_per_s", window.images_per_s())
+                    .num("data_wait_frac", window.wait_frac())
+                    .num("elapsed_s", t0.elapsed().as_secs_f64()),
+            )?;
+            window.new_epoch();
+            let due = lc.eval_every_epochs > 0 && ((epoch + 1) % lc.eval_every_epochs == 0 || step == total);
+            if due && !signals::requested() {
+                run_eval(tool, task, epoch, step, &mut evals, sink)?;
+            }
+            if step < stop_at {
+                batches = source.epoch(step / spe, 0, lc.batch_size);
+            }
+        }
+        let due = (lc.ckpt_every_steps > 0 && step % lc.ckpt_every_steps == 0)
+            || (epoch_end && lc.ckpt_every_epochs > 0 && (step / spe) % lc.ckpt_every_epochs == 0);
+        let interrupted = signals::requested();
+        if (due || interrupted || step == stop_at) && last_saved != Some(step) {
+            last_path = Some(save(step, epoch_end, &*task, &evals, sink)?);
+            last_saved = Some(step);
+        }
+        if interrupted {
+            sink.emit(&Event::new(tool, "end").str("status", "interrupted").int("step", step as i64))?;
+            return Err(LewelError::Interrupted.into());
+        }
+    }
+    let path = match last_path {
+        Some(p) => p,
+        None => ckpt::resolve(&run_dir.ckpt_dir().join(ckpt::LATEST))?,
+    };
+    sink.emit(
+        &Event::new(tool, "end")
+            .str("status", if step >= total { "finished" } else { "max-steps" })
+            .int("step", step as i64)
+            .str("checkpoint", path.display().to_string())
+            .num("elapsed_s", t0.elapsed().as_secs_f64()),
+    )?;
+    Ok(LoopOutcome { checkpoint: path, step, total_steps: total, evals })
+}
+
+/// Runs the task's evaluation after `epoch`, emits the `eval` event and records it.
+fn run_eval<B>(
+    tool: &str,
+    task: &mut dyn TrainTask<Batch = B>,
+    epoch: u64,
+    step: u64,
+    evals: &mut Vec<EvalRecord>,
+    sink: &mut dyn EventSink,
+) -> Result<()> {
+    let te = Instant::now();
+    if let Some(fields) = task.evaluate(epoch, sink)? {
+        sink.emit(
+            &Event::new(tool, "eval")
+                .int("epoch", epoch as i64)
+                .int("step", step as i64)
+                .merge(&fields)
+                .num("eval_s", te.elapsed().as_secs_f64()),
+        )?;
+        evals.push(EvalRecord { epoch, step, fields });
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Pre-training as a task of the loop.
+// ---------------------------------------------------------------------------------------------------------------
+
+impl BatchSource for Source {
+    type Batch = (Tensor, Tensor);
+    fn len(&self) -> usize {
+        Source::len(self)
+    }
+    fn item_name(&self, i: usize) -> String {
+        Source::item_name(self, i)
+    }
+    fn epoch(
+        &self,
+        epoch: u64,
+        start: usize,
+        batch: usize,
+    ) -> Box<dyn Iterator<Item = Result<LoopBatch<(Tensor, Tensor)>>> + '_> {
+        Box::new(
+            Source::epoch(self, epoch, start, batch)
+                .map(|b| b.map(|b| LoopBatch { data: (b.v1, b.v2), wait_s: b.wait_s, skipped: b.skipped })),
+        )
+    }
+}
+
+/// The pre-training step (the loss of the method, the optimiser, the EMA of the target) and the kNN monitor.
+struct PretrainTask<'a> {
+    cfg: &'a PretrainConfig,
+    model: Lewel,
+    opt: Optimizer,
+    device: Device,
+    monitor: Option<crate::monitor::KnnMonitor>,
+}
+
+impl TrainTask for PretrainTask<'_> {
+    type Batch = (Tensor, Tensor);
+
+    fn train_step(&mut self, (v1, v2): (Tensor, Tensor), ctx: &StepCtx) -> Result<StepOut> {
+        let (v1, v2) = (v1.to_device(self.device), v2.to_device(self.device));
+        let lr = ctx.lr(self.cfg.lr);
+        let m = self.cfg.ema_schedule.momentum(self.cfg.ema_momentum, ctx.step, ctx.total_steps);
+        let terms = self.model.forward_loss(&v1, &v2)?;
+        let loss = terms.total.to_kind(Kind::Double).double_value(&[]);
+        if !loss.is_finite() {
+            return Ok(StepOut { loss, lr, fields: Vec::new() });
+        }
+        // The same three calls as `model::train_step` (which the golden tests use); inlined here
+        // because the loss is checked for divergence before the step is taken.
+        self.opt.zero_grad();
+        terms.total.backward();
+        self.opt.step(lr);
+        self.model.momentum_update(m);
+        Ok(StepOut {
+            loss,
+            lr,
+            fields: vec![
+                ("loss_global", terms.global),
+                ("loss_aligned", terms.aligned),
+                ("ema_momentum", m),
+                ("collapse_std", terms.collapse_std),
+            ],
+        })
+    }
+
+    fn state(&self) -> Vec<(String, Tensor)> {
+        let mut s = self.model.state_dict();
+        s.extend(self.opt.state());
+        s
+    }
+
+    fn load_state(&mut self, tensors: &HashMap<String, Tensor>, path: &std::path::Path) -> Result<()> {
+        ckpt::load_model_state(&self.model, tensors, path)?;
+        self.opt.load_state(tensors).with_context(|| format!("{}: optimiser state", path.display()))
+    }
+
+    fn evaluate(&mut self, _epoch: u64, sink: &mut dyn EventSink) -> Result<Option<serde_json::Map<String, Value>>> {
+        match &self.monitor {
+            Some(m) => Ok(Some(m.evaluate(&self.model, self.device, TOOL, sink)?)),
+            None => Ok(None),
+        }
+    }
 }
 
 /// Runs (or resumes) pre-training. Returns the path of the final checkpoint.
@@ -256,37 +721,21 @@ pub fn run(
     if source.len() < cfg.batch_size {
         bail!("--batch-size {} is larger than the data set ({} images); lower it", cfg.batch_size, source.len());
     }
-    let spe = (source.len() / cfg.batch_size) as u64;
-    let total = spe * cfg.epochs;
-    cfg.model.validate_for_data(source.len(), spe as usize * cfg.batch_size, cfg.batch_size)?;
+    let spe = source.len() / cfg.batch_size;
+    cfg.model.validate_for_data(source.len(), spe * cfg.batch_size, cfg.batch_size)?;
+    let monitor = match &cfg.knn_monitor {
+        Some(k) => Some(crate::monitor::KnnMonitor::open(k, &eval_recipe(cfg)?, opts.threads)?),
+        None => None,
+    };
 
-    let (_vs, model, mut opt) = build(cfg, opts.device)?;
-    let mut start_step = 0u64;
-    let mut resumed_from = None;
-    if opts.resume {
-        let (loaded, skipped) = ckpt::find_resumable(&run_dir.ckpt_dir())?;
-        for why in skipped {
-            sink.emit(&Event::new(TOOL, "warn").str("message", format!("resume: {why}")))?;
+    let (_vs, model, opt) = build(cfg, opts.device)?;
+    if !opts.resume {
+        if let Some(init) = &cfg.init {
+            let tensors: HashMap<String, Tensor> = ckpt::read_safetensors(init)?.into_iter().collect();
+            ckpt::load_model_state(&model, &tensors, init)?;
         }
-        ckpt::load_model_state(&model, &loaded.tensors, &loaded.path)?;
-        opt.load_state(&loaded.tensors).with_context(|| format!("{}: optimiser state", loaded.path.display()))?;
-        start_step = loaded.sidecar.step;
-        resumed_from = Some(loaded.path.display().to_string());
-    } else if let Some(init) = &cfg.init {
-        let tensors: HashMap<String, Tensor> = ckpt::read_safetensors(init)?.into_iter().collect();
-        ckpt::load_model_state(&model, &tensors, init)?;
     }
 
-    let mut start = Event::new(TOOL, "start")
-        .int("seed", cfg.seed as i64)
-        .str("git_revision", crate::GIT_REVISION)
-        .str("device", format!("{:?}", opts.device))
-        .int("steps_per_epoch", spe as i64)
-        .int("total_steps", total as i64)
-        .int("start_step", start_step as i64);
-    if let Some(r) = &resumed_from {
-        start = start.str("resumed_from", r.clone());
-    }
     let cfg_json = serde_json::to_value(cfg)?;
     let described = source.describe();
     if opts.resume {
@@ -303,146 +752,43 @@ pub fn run(
     } else {
         run_dir.write_config(&serde_json::json!({ "pretrain": cfg_json, "data": described }))?;
     }
-    start = start.merge(&flatten(&cfg_json)).merge(&flatten(&described));
-    sink.emit(&start)?;
-
-    let info = |epoch_end: bool| serde_json::json!({"config": cfg_json, "seed": cfg.seed, "epoch_end": epoch_end});
-    let save = |step: u64, epoch_end: bool, opt: &Optimizer, sink: &mut dyn EventSink| -> Result<PathBuf> {
-        let epoch = step / spe.max(1);
-        let p = ckpt::save(&run_dir.ckpt_dir(), step, epoch, &full_state(&model, opt), &info(epoch_end))?;
-        let removed = ckpt::prune(&run_dir.ckpt_dir(), cfg.keep_last, cfg.keep_every_epochs)?;
-        sink.emit(
-            &Event::new(TOOL, "checkpoint")
-                .int("step", step as i64)
-                .int("epoch", epoch as i64)
-                .str("path", p.display().to_string())
-                .int("pruned", removed.len() as i64),
-        )?;
-        Ok(p)
+    let lc = LoopConfig {
+        tool: TOOL,
+        epochs: cfg.epochs,
+        batch_size: cfg.batch_size,
+        schedule: LrSchedule::WarmupCosine { warmup_epochs: cfg.warmup_epochs },
+        seed: cfg.seed,
+        ckpt_every_steps: cfg.ckpt_every_steps,
+        ckpt_every_epochs: cfg.ckpt_every_epochs,
+        keep_last: cfg.keep_last,
+        keep_every_epochs: cfg.keep_every_epochs,
+        eval_every_epochs: cfg.knn_monitor.as_ref().map_or(0, |k| k.every_epochs),
+        config: cfg_json.clone(),
+        start_fields: {
+            let mut m = flatten(&cfg_json);
+            m.extend(flatten(&described));
+            m
+        },
     };
+    let mut task = PretrainTask { cfg, model, opt, device: opts.device, monitor };
+    Ok(train_loop(&lc, &source, &mut task, opts, run_dir, sink, progress)?.checkpoint)
+}
 
-    let t0 = Instant::now();
-    let mut last_saved = if resumed_from.is_some() { Some(start_step) } else { None };
-    let mut last_path = None;
-    let mut step = start_step;
-    let mut window = Window::default();
-    let stop_at = opts.max_steps.map(|m| m.min(total)).unwrap_or(total);
-    let mut batches = source.epoch(step / spe, (step % spe) as usize, cfg.batch_size);
-    while step < stop_at {
-        let epoch = step / spe;
-        let in_epoch = (step % spe) as usize;
-        let wait0 = Instant::now();
-        let batch = batches.next().context("the data ended before the epoch did")??;
-        let wait_s = batch.wait_s.unwrap_or_else(|| wait0.elapsed().as_secs_f64());
-        for (i, why) in &batch.skipped {
-            sink.emit(
-                &Event::new(TOOL, "warn")
-                    .str("message", format!("skipped {}: {why}", source.item_name(*i)))
-                    .int("index", *i as i64)
-                    .int("step", step as i64),
-            )?;
-        }
-        let (v1, v2) = (batch.v1.to_device(opts.device), batch.v2.to_device(opts.device));
-
-        let lr = schedule::lr_at(cfg.lr, cfg.warmup_epochs, cfg.epochs, epoch, in_epoch as u64, spe);
-        let m = cfg.ema_schedule.momentum(cfg.ema_momentum, step, total);
-        let t_step = Instant::now();
-        let terms = model.forward_loss(&v1, &v2)?;
-        let loss = terms.total.to_kind(Kind::Double).double_value(&[]);
-        let finite = loss.is_finite();
-        if !finite {
-            let mut ev = Event::new(TOOL, "error")
-                .str("message", "training diverged: non-finite loss")
-                .int("step", step as i64)
-                .int("epoch", epoch as i64);
-            if let Some(l) = window.last_loss {
-                ev = ev.num("last_finite_loss", l).int("last_finite_step", step.saturating_sub(1) as i64);
-            }
-            sink.emit(&ev)?;
-            return Err(LewelError::Diverged { step, loss }.into());
-        }
-        // The same three calls as `model::train_step` (which the golden tests use); inlined here
-        // because the loss is checked for divergence before the step is taken.
-        opt.zero_grad();
-        terms.total.backward();
-        opt.step(lr);
-        model.momentum_update(m);
-        let busy_s = t_step.elapsed().as_secs_f64();
-        step += 1;
-        window.add(loss, cfg.batch_size, wait_s, busy_s);
-
-        let report = StepReport {
-            epoch,
-            epochs: cfg.epochs,
-            step,
-            total_steps: total,
-            loss,
-            lr,
-            images_per_s: window.images_per_s(),
-            data_wait_frac: window.wait_frac(),
-        };
-        if opts.log_every > 0 && step % opts.log_every == 0 {
-            sink.emit(
-                &Event::new(TOOL, "step")
-                    .int("step", step as i64)
-                    .int("epoch", epoch as i64)
-                    .num("loss", loss)
-                    .num("loss_global", terms.global)
-                    .num("loss_aligned", terms.aligned)
-                    .num("lr", lr)
-                    .num("ema_momentum", m)
-                    .num("collapse_std", terms.collapse_std)
-                    .num("step_s", busy_s)
-                    .num("images_per_s", report.images_per_s)
-                    .num("data_wait_frac", report.data_wait_frac),
-            )?;
-        }
-        progress(&report);
-
-        let epoch_end = step % spe == 0;
-        if epoch_end {
-            sink.emit(
-                &Event::new(TOOL, "epoch")
-                    .int("epoch", epoch as i64)
-                    .int("step", step as i64)
-                    .num("loss_mean", window.epoch_loss_mean())
-                    .num("images_per_s", window.images_per_s())
-                    .num("data_wait_frac", window.wait_frac())
-                    .num("elapsed_s", t0.elapsed().as_secs_f64()),
-            )?;
-            window.new_epoch();
-            if step < stop_at {
-                batches = source.epoch(step / spe, 0, cfg.batch_size);
-            }
-        }
-        let due = (cfg.ckpt_every_steps > 0 && step % cfg.ckpt_every_steps == 0)
-            || (epoch_end && cfg.ckpt_every_epochs > 0 && (step / spe) % cfg.ckpt_every_epochs == 0);
-        let interrupted = signals::requested();
-        if (due || interrupted || step == stop_at) && last_saved != Some(step) {
-            last_path = Some(save(step, epoch_end, &opt, sink)?);
-            last_saved = Some(step);
-        }
-        if interrupted {
-            sink.emit(&Event::new(TOOL, "end").str("status", "interrupted").int("step", step as i64))?;
-            return Err(LewelError::Interrupted.into());
-        }
+/// The evaluation transform of the kNN monitor: the training recipe's (its `eval_resize` / `eval_crop`), else the
+/// stem's default (`lewel-b-small` for the CIFAR stem, `lewel-b` otherwise).
+fn eval_recipe(cfg: &PretrainConfig) -> Result<crate::data::Recipe> {
+    match &cfg.input {
+        Input::Data { recipe, .. } => Ok((**recipe).clone()),
+        Input::Views { .. } => crate::data::Recipe::preset(if cfg.model.stem == crate::model::Stem::Cifar {
+            "lewel-b-small"
+        } else {
+            "lewel-b"
+        }),
     }
-    let path = match last_path {
-        Some(p) => p,
-        None => ckpt::resolve(&run_dir.ckpt_dir().join(ckpt::LATEST))?,
-    };
-    sink.emit(
-        &Event::new(TOOL, "end")
-            .str("status", if step >= total { "finished" } else { "max-steps" })
-            .int("step", step as i64)
-            .str("checkpoint", path.display().to_string())
-            .num("elapsed_s", t0.elapsed().as_secs_f64()),
-    )?;
-    Ok(path)
 }
 
 /// Flattens a JSON object one level (`model.arch`, `optim.kind`...), for the `start` event.
-fn flatten(v: &Value) -> serde_json::Map<String, Value> {
+pub fn flatten(v: &Value) -> serde_json::Map<String, Value> {
     let mut out = serde_json::Map::new();
     fn go(prefix: &str, v: &Value, out: &mut serde_json::Map<String, Value>) {
         match v {
@@ -564,6 +910,7 @@ pub fn preset(name: &str) -> Result<PretrainConfig> {
         keep_every_epochs: 20,
         input: Input::Views { path: PathBuf::new() },
         init: None,
+        knn_monitor: None,
     };
     let small_model = ModelConfig {
         method: Method::LewelB,

@@ -33,6 +33,7 @@ pub mod arrays;
 pub mod augment;
 pub mod dataset;
 pub mod decode;
+pub mod labelled;
 pub mod loader;
 pub mod npy;
 pub mod ops;
@@ -41,5 +42,6 @@ pub mod rng;
 pub mod view;
 
 pub use dataset::{open, DataSpec, Dataset};
+pub use labelled::{LabelledBatch, LabelledLoader};
 pub use loader::{Batch, EvalBatch, EvalConfig, EvalLoader, LoaderConfig, RawBatch, TwoViewLoader};
 pub use recipe::Recipe;

@@ -9,6 +9,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use lewel::cli::CommonArgs;
 use lewel::data::Recipe;
 use lewel::model::{Arch, EmaMode, Method, Stem};
+use lewel::monitor::KnnMonitorConfig;
 use lewel::optim::OptimizerKind;
 use lewel::run::RunDir;
 use lewel::schedule::EmaSchedule;
@@ -24,7 +25,8 @@ const EXAMPLE: &str = "  augment images/ --recipe lewel-b-small --out views.npy
 /// Use pretrain to pre-train a ResNet on your own images. It writes a run folder: config.json (the
 /// resolved configuration), events.jsonl (a copy of stdout: start, step, epoch, checkpoint, end
 /// events) and ckpt/ (atomic safetensors checkpoints in the official naming, a .json sidecar each,
-/// and a `latest` pointer). Ctrl-C or SIGTERM finishes the step, writes a checkpoint and exits 130;
+/// and a `latest` pointer). With --knn-every E it also reports the online kNN accuracy every E epochs
+/// (`eval` events). Ctrl-C or SIGTERM finishes the step, writes a checkpoint and exits 130;
 /// `--resume RUN` continues exactly where the run stopped.
 ///
 /// Defaults are the official LEWEL_B ImageNet recipe (preset in1k-lewelb-eman-200ep), or the paper's
@@ -162,6 +164,21 @@ struct Args {
     #[arg(long, value_name = "N")]
     keep_every_epochs: Option<u64>,
 
+    /// Online kNN monitor: every E epochs (and after the last) embed --knn-train (the memory) and --knn-val (the
+    /// queries) with the online backbone in eval mode, and emit an `eval` event with the weighted kNN accuracy
+    /// (knn_top1_pct, knn_top5_pct). Both must be labelled and different data.
+    #[arg(long, value_name = "E", requires_all = ["knn_train", "knn_val"])]
+    knn_every: Option<u64>,
+    /// The kNN monitor's memory: labelled DATA (an ImageFolder, a labelled list, IDX with labels).
+    #[arg(long, value_name = "DATA", requires = "knn_every")]
+    knn_train: Option<PathBuf>,
+    /// The kNN monitor's queries: labelled DATA, not the same as --knn-train.
+    #[arg(long, value_name = "DATA", requires = "knn_every")]
+    knn_val: Option<PathBuf>,
+    /// Neighbours of the kNN monitor (default 20; T = 0.07).
+    #[arg(long, value_name = "K", requires = "knn_every")]
+    knn_k: Option<usize>,
+
     /// Emit a `step` event every N steps (0 = none; epoch events always).
     #[arg(long, default_value_t = 10, value_name = "N")]
     log_every: u64,
@@ -255,6 +272,16 @@ impl Args {
         if let Some(i) = &self.init {
             c.init = Some(i.clone());
         }
+        if let (Some(every), Some(train), Some(val)) = (self.knn_every, &self.knn_train, &self.knn_val) {
+            c.knn_monitor = Some(KnnMonitorConfig {
+                every_epochs: every,
+                train: train.clone(),
+                val: val.clone(),
+                k: self.knn_k.unwrap_or(20),
+                temperature: lewel::eval::knn::DEFAULT_TEMPERATURE,
+                batch_size: 256,
+            });
+        }
         Ok(c)
     }
 
@@ -318,6 +345,9 @@ fn run(args: Args) -> Result<()> {
         let mut cfg = args.apply(base)?;
         if !args.seed_given() {
             cfg.seed = args.common.seed;
+        }
+        if let Some(k) = &cfg.knn_monitor {
+            k.validate()?;
         }
         let out = args.out.as_ref().expect("clap requires --out without --resume");
         let run_dir = RunDir::create(out)?;
