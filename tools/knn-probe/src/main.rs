@@ -31,8 +31,13 @@ in FEATS.labels.npy next to each file unless given explicitly. Train and val mus
 splits: the same file for both is refused (the official LEWEL kNN monitor searches a memory that \
 lies inside its queries, which inflates the accuracy).
 
+From checkpoints: --ckpt (repeatable; a folder means every complete checkpoint in it) with \
+--train-data and --val-data embeds both splits with the eval transform, then sweeps the same way.
+
 Output (stdout, JSON lines): `start` (files, sizes, classes, the sweep), one `eval` per (k, T) with \
-top1_pct and top5_pct (percent), and `end` with the best (k, T). The best point is chosen on the \
+top1_pct and top5_pct (percent), `end` with the best (k, T), and one `result` line per evaluation \
+(metrics, checkpoint sha256, data fingerprints, protocol and protocol_hash), which --results \
+FILE.jsonl also appends to, skipping checkpoints it already holds with the same protocol. The best point is chosen on the \
 val split it is scored on, so it is optimistic; report a fixed (k, T) (k=20, T=0.07 is the usual \
 one) when comparing backbones.";
 

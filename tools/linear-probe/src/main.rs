@@ -27,7 +27,12 @@ scored on the validation features, like the official main_lincls.py but without 
 features are fixed). Input: float32 [N, C] .npy features with integer [N] labels in \
 FEATS.labels.npy next to each file unless given explicitly.
 
-Presets (every value can be overridden by its flag):
+From checkpoints: --ckpt (repeatable; a folder means every complete checkpoint in it) with \
+--train-data and --val-data trains on random-resized crops (scale 0.08-1, ratio 3/4-4/3) with \
+horizontal flips through the frozen backbone (eval-mode BN, no gradient), as the paper does, and \
+scores the eval transform (resize, centre crop) of the val split.
+
+Protocols (--protocol; every value can be overridden by its flag):
   small    (default) SGD momentum 0.9, lr 0.1, batch 64, 30 epochs, step x0.1 at epochs 18 and 24,
            wd 0, evaluation every epoch: the lewel-b recipe sized for a few thousand items
   lewel-b  the paper's LEWEL_B protocol (official scripts, after EMAN): SGD momentum 0.9, lr 0.4,
@@ -38,7 +43,9 @@ Presets (every value can be overridden by its flag):
 Output (stdout, JSON lines): `start` (the resolved protocol), one `epoch` per epoch (loss, lr, \
 train_top1_pct), one `eval` per evaluation (top1_pct, top5_pct on the val split), and `end` with the \
 FINAL accuracies (after the last epoch: the number to report) and the BEST over the evaluated epochs \
-(what the official script prints). The best epoch is chosen on the val split itself, so it is \
+(what the official script prints), then one `result` line per evaluation (metrics, checkpoint sha256, \
+data fingerprints, protocol and protocol_hash) that --results FILE.jsonl also appends to, skipping \
+checkpoints it already holds with the same protocol. The best epoch is chosen on the val split itself, so it is \
 optimistic (`best_is_optimistic: true`). The same --seed gives the same numbers on CPU \
 with the same number of threads.";
 

@@ -59,7 +59,7 @@ fn help_lists_exit_codes_and_an_example() {
     check_help(BIN, "linear-probe --train-features train.npy --val-features val.npy --protocol lewel-b");
     let help = String::from_utf8(run_tool(BIN, &["--help"]).stdout).unwrap();
     for flag in [
-        "--preset",
+        "--protocol",
         "--lr",
         "--epochs",
         "--batch-size",
