@@ -180,6 +180,7 @@ pub fn run(cfg: &EmbedConfig, sink: &mut dyn EventSink, progress: &mut dyn FnMut
             .int("input_h_px", h as i64)
             .int("input_w_px", w as i64)
             .int("eval_resize_px", recipe.eval_resize as i64)
+            .int("eval_crop_px", recipe.eval_crop as i64)
             .str("arch", format!("{:?}", m.config().arch).to_lowercase())
             .str("device", format!("{:?}", cfg.device)),
     )?;

@@ -25,6 +25,8 @@ use crate::LewelError;
 pub enum FeatureSource {
     /// A float32 `[N, C]` `.npy` file, with labels at `labels` (default: [`default_labels_path`]).
     Npy { features: PathBuf, labels: Option<PathBuf> },
+    /// Images and labels (DATA) embedded by a checkpoint's frozen backbone ([`super::onthefly`]).
+    Data { data: PathBuf },
 }
 
 impl FeatureSource {
@@ -40,6 +42,12 @@ impl FeatureSource {
                 let labels = labels.clone().unwrap_or_else(|| default_labels_path(features));
                 FeatureSet::load_npy(features, &labels)
             }
+            FeatureSource::Data { data } => {
+                bail!(
+                    "{}: features of DATA come from a checkpoint (see eval::onthefly), not from a file",
+                    data.display()
+                )
+            }
         }
     }
 
@@ -47,6 +55,7 @@ impl FeatureSource {
     pub fn features_path(&self) -> &Path {
         match self {
             FeatureSource::Npy { features, .. } => features,
+            FeatureSource::Data { data } => data,
         }
     }
 
@@ -54,6 +63,7 @@ impl FeatureSource {
     pub fn labels_path(&self) -> PathBuf {
         match self {
             FeatureSource::Npy { features, labels } => labels.clone().unwrap_or_else(|| default_labels_path(features)),
+            FeatureSource::Data { data } => data.clone(),
         }
     }
 }
@@ -203,6 +213,7 @@ impl ProbeData {
                 val.n
             );
         }
+        check_val_classes(&train.labels, &val.labels, &train.labels_path, &val.labels_path)?;
         if train.data == val.data {
             return Err(LewelError::Usage(format!(
                 "{} and {} hold identical features: the val items are the training items, which inflates the \
@@ -228,6 +239,24 @@ impl ProbeData {
         }
         self.val.labels.iter().filter(|&&l| !seen[l as usize]).count()
     }
+}
+
+/// Val labels must lie among the training classes (`0..max(train label)`): a val label past them
+/// means the two splits number their classes differently (or come from different data sets).
+pub fn check_val_classes(train: &[i64], val: &[i64], train_name: &Path, val_name: &Path) -> Result<()> {
+    let train_classes = train.iter().max().map(|&m| m + 1).unwrap_or(0);
+    if let Some(i) = val.iter().position(|&l| l >= train_classes) {
+        bail!(
+            "class count mismatch: {} has label {} (item {i}) but the training labels {} only go up to {} \
+             ({} classes); both splits must number the same classes the same way",
+            val_name.display(),
+            val[i],
+            train_name.display(),
+            train_classes - 1,
+            train_classes
+        );
+    }
+    Ok(())
 }
 
 fn open_npy(path: &Path) -> Result<NpyFile<BufReader<File>>> {

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
@@ -291,6 +291,61 @@ pub fn run(cfg: &LinearConfig, sink: &mut dyn EventSink, progress: Progress) -> 
     train_and_evaluate(cfg, &data, sink, progress, t0)
 }
 
+/// The training batches of one epoch: `[b, C]` features and `[b]` int64 labels, on the device.
+pub trait TrainBatches {
+    /// Batches per epoch.
+    fn steps_per_epoch(&self) -> usize;
+    /// Calls `f(x, y)` for each batch of `epoch` (counted from 0), in order.
+    fn for_each(&mut self, epoch: usize, f: &mut dyn FnMut(&Tensor, &Tensor) -> Result<()>) -> Result<()>;
+}
+
+/// Cached features held as one tensor; each epoch is a permutation keyed by (seed, epoch), each batch an
+/// `index_select` of it on the device (no host copies per batch).
+pub struct CachedBatches {
+    x: Tensor,
+    y: Tensor,
+    seed: u64,
+    batch: usize,
+    device: Device,
+}
+
+impl CachedBatches {
+    pub fn new(x: Tensor, y: Tensor, seed: u64, batch_size: usize) -> Self {
+        let n = x.size()[0] as usize;
+        let device = x.device();
+        CachedBatches { x, y, seed, batch: batch_size.min(n).max(1), device }
+    }
+}
+
+impl TrainBatches for CachedBatches {
+    fn steps_per_epoch(&self) -> usize {
+        (self.x.size()[0] as usize).div_ceil(self.batch)
+    }
+
+    fn for_each(&mut self, epoch: usize, f: &mut dyn FnMut(&Tensor, &Tensor) -> Result<()>) -> Result<()> {
+        let n = self.x.size()[0] as usize;
+        let order = Tensor::from_slice(&permutation(self.seed, epoch as u64, n)).to_device(self.device);
+        let mut start = 0i64;
+        while (start as usize) < n {
+            let b = (self.batch as i64).min(n as i64 - start);
+            let idx = order.narrow(0, start, b);
+            let x = self.x.index_select(0, &idx); // [b, C]
+            let y = self.y.index_select(0, &idx); // [b]
+            f(&x, &y)?;
+            start += b;
+        }
+        Ok(())
+    }
+}
+
+/// What the `start` event says about the training split, and its labels.
+pub struct TrainSplit<'a> {
+    pub features: String,
+    pub labels_path: String,
+    pub labels: &'a [i64],
+    pub dim: usize,
+}
+
 /// [`run`] on features already in memory (`t0`: when the run started, for `elapsed_s`).
 pub fn train_and_evaluate(
     cfg: &LinearConfig,
@@ -302,16 +357,62 @@ pub fn train_and_evaluate(
     let p = &cfg.protocol;
     p.validate()?;
     let device = cfg.device;
-    let classes = data.num_classes();
-    let (n_train, n_val, dim) = (data.train.n, data.val.n, data.train.dim);
+    let mut train_x = data.train.features_tensor(device);
+    let mut val_x = data.val.features_tensor(device);
+    if p.normalize {
+        // Statistics of the training split only, applied to both.
+        let mean = train_x.mean_dim([0i64].as_slice(), true, Kind::Float); // [1, C]
+        let std = train_x.std_dim([0i64].as_slice(), false, true); // [1, C]
+        let std = std.where_self(&std.gt(1e-6), &std.ones_like()); // constant features stay as they are
+        train_x = (&train_x - &mean) / &std;
+        val_x = (&val_x - &mean) / &std;
+    }
+    let mut batches = CachedBatches::new(train_x, data.train.labels_tensor(device), cfg.seed, p.batch_size);
+    let split = TrainSplit {
+        features: data.train.features_path.display().to_string(),
+        labels_path: data.train.labels_path.display().to_string(),
+        labels: &data.train.labels,
+        dim: data.train.dim,
+    };
+    train_with(cfg, &split, &mut batches, &data.val, &val_x, sink, progress, t0)
+}
+
+/// The probe on any training batches (cached or augmented on the fly), scored on `val` whose
+/// features (possibly normalised) are `val_x`.
+#[allow(clippy::too_many_arguments)]
+pub fn train_with(
+    cfg: &LinearConfig,
+    train: &TrainSplit,
+    batches: &mut dyn TrainBatches,
+    val: &super::features::FeatureSet,
+    val_x: &Tensor,
+    sink: &mut dyn EventSink,
+    progress: Progress,
+    t0: Instant,
+) -> Result<LinearReport> {
+    let p = &cfg.protocol;
+    p.validate()?;
+    let device = cfg.device;
+    let train_classes = train.labels.iter().max().map(|&m| m as usize + 1).unwrap_or(0);
+    let classes = train_classes.max(val.num_classes());
+    let (n_train, n_val, dim) = (train.labels.len(), val.n, train.dim);
+    if val.dim != dim {
+        bail!("feature widths differ: train {dim}, val {}", val.dim);
+    }
+    super::features::check_val_classes(
+        train.labels,
+        &val.labels,
+        std::path::Path::new(&train.labels_path),
+        &val.labels_path,
+    )?;
     let protocol_json = serde_json::to_value(p)?;
     let protocol_fields = protocol_json.as_object().expect("a protocol serialises to an object");
     sink.emit(
         &Event::new(TOOL, "start")
-            .str("train_features", data.train.features_path.display().to_string())
-            .str("train_labels", data.train.labels_path.display().to_string())
-            .str("val_features", data.val.features_path.display().to_string())
-            .str("val_labels", data.val.labels_path.display().to_string())
+            .str("train_features", train.features.clone())
+            .str("train_labels", train.labels_path.clone())
+            .str("val_features", val.features_path.display().to_string())
+            .str("val_labels", val.labels_path.display().to_string())
             .int("n_train", n_train as i64)
             .int("n_val", n_val as i64)
             .int("dim", dim as i64)
@@ -328,7 +429,11 @@ pub fn train_and_evaluate(
             format!("milestone {m} is not below --epochs {}; it never applies (set --milestones)", p.epochs),
         ))?;
     }
-    let unseen = data.val_items_with_unseen_class();
+    let mut seen = vec![false; classes];
+    for &l in train.labels {
+        seen[l as usize] = true;
+    }
+    let unseen = val.labels.iter().filter(|&&l| !seen[l as usize]).count();
     if unseen > 0 {
         sink.emit(
             &Event::new(TOOL, "warn")
@@ -336,19 +441,7 @@ pub fn train_and_evaluate(
                 .int("count", unseen as i64),
         )?;
     }
-
-    let mut train_x = data.train.features_tensor(device);
-    let mut val_x = data.val.features_tensor(device);
-    if p.normalize {
-        // Statistics of the training split only, applied to both.
-        let mean = train_x.mean_dim([0i64].as_slice(), true, Kind::Float); // [1, C]
-        let std = train_x.std_dim([0i64].as_slice(), false, true); // [1, C]
-        let std = std.where_self(&std.gt(1e-6), &std.ones_like()); // constant features stay as they are
-        train_x = (&train_x - &mean) / &std;
-        val_x = (&val_x - &mean) / &std;
-    }
-    let train_y = data.train.labels_tensor(device);
-    let val_y = data.val.labels_tensor(device);
+    let val_y = val.labels_tensor(device);
 
     // fc: weight [classes, C] ~ N(0, 0.01), bias [classes] = 0.
     let weight = Tensor::from_slice(&normal_init(cfg.seed, classes * dim, 0.01))
@@ -358,34 +451,33 @@ pub fn train_and_evaluate(
     let bias = Tensor::zeros([classes as i64], (Kind::Float, device)).set_requires_grad(true);
     let mut opt = ProbeOptimizer::new(p, &[(&weight, false), (&bias, true)]);
 
-    let batch = p.batch_size.min(n_train);
-    let steps_per_epoch = n_train.div_ceil(batch);
+    let steps_per_epoch = batches.steps_per_epoch();
     let total_steps = (steps_per_epoch * p.epochs) as u64;
     let mut epochs = Vec::new();
     let mut evals: Vec<EvalRecord> = Vec::new();
     let mut step = 0u64;
     for epoch in 0..p.epochs {
         let lr = p.lr_at(epoch);
-        let order = permutation(cfg.seed, epoch as u64, n_train);
         let mut loss_sum = Tensor::zeros([], (Kind::Double, device));
         let mut correct = Tensor::zeros([], (Kind::Int64, device));
-        for chunk in order.chunks(batch) {
-            let idx = Tensor::from_slice(chunk).to_device(device);
-            let x = train_x.index_select(0, &idx); // [b, C]
-            let y = train_y.index_select(0, &idx); // [b]
+        let mut seen_items = 0usize;
+        batches.for_each(epoch, &mut |x, y| {
+            let b = y.size()[0];
             let logits = x.linear(&weight, Some(&bias)); // [b, classes]
-            let loss = logits.cross_entropy_for_logits(&y);
+            let loss = logits.cross_entropy_for_logits(y);
             opt.zero_grad();
             loss.backward();
             tch::no_grad(|| {
                 opt.step(lr);
-                loss_sum += loss.detach().to_kind(Kind::Double) * chunk.len() as f64;
-                correct += true_class_rank(&logits.detach(), &y).lt(1).sum(Kind::Int64);
+                loss_sum += loss.detach().to_kind(Kind::Double) * b as f64;
+                correct += true_class_rank(&logits.detach(), y).lt(1).sum(Kind::Int64);
             });
+            seen_items += b as usize;
             step += 1;
             progress(step, total_steps);
-        }
-        let loss = loss_sum.double_value(&[]) / n_train as f64;
+            Ok(())
+        })?;
+        let loss = loss_sum.double_value(&[]) / seen_items.max(1) as f64;
         if !loss.is_finite() {
             return Err(anyhow::Error::from(LewelError::Diverged { step, loss }).context(format!(
                 "the loss of epoch {} is not finite; lower --lr, or pass --normalize for features of large \
@@ -397,7 +489,7 @@ pub fn train_and_evaluate(
             epoch: epoch + 1,
             lr,
             loss,
-            train_top1_pct: 100.0 * correct.int64_value(&[]) as f64 / n_train as f64,
+            train_top1_pct: 100.0 * correct.int64_value(&[]) as f64 / seen_items.max(1) as f64,
         };
         sink.emit(
             &Event::new(TOOL, "epoch")
@@ -410,7 +502,7 @@ pub fn train_and_evaluate(
         )?;
         epochs.push(rec);
         if (epoch + 1) % p.eval_every == 0 || epoch + 1 == p.epochs {
-            let (acc, loss) = tch::no_grad(|| score(&weight, &bias, &val_x, &val_y));
+            let (acc, loss) = tch::no_grad(|| score(&weight, &bias, val_x, &val_y));
             let ev = EvalRecord { epoch: epoch + 1, top1_pct: acc.top1_pct(), top5_pct: acc.top5_pct(), loss };
             sink.emit(
                 &Event::new(TOOL, "eval")

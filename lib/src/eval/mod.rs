@@ -8,10 +8,14 @@
 //!
 //! Accuracies are percentages (keys end in `_pct`); the tie rule of top-k is in [`metrics`].
 
+pub mod ckpts;
 pub mod features;
+pub mod jobs;
 pub mod knn;
 pub mod linear;
 pub mod metrics;
+pub mod onthefly;
+pub mod results;
 
 use std::path::Path;
 

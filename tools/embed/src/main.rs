@@ -49,6 +49,14 @@ struct Args {
     /// Side of the centre crop in pixels; the resize keeps the recipe's ratio (224 -> 256).
     #[arg(long, value_name = "PX")]
     size: Option<u32>,
+    /// Shorter side of the eval transform's resize in pixels (the recipe's eval_resize), applied after
+    /// --size.
+    #[arg(long, value_name = "PX")]
+    resize: Option<u32>,
+    /// Side of the eval transform's centre crop in pixels (the recipe's eval_crop), applied after
+    /// --size.
+    #[arg(long, value_name = "PX")]
+    crop: Option<u32>,
     /// Override one recipe parameter, KEY=VALUE (eval_resize=, eval_crop=, ...); repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
@@ -71,6 +79,12 @@ fn run(args: Args) -> Result<()> {
     let mut sets = Vec::new();
     if let Some(px) = args.size {
         sets.push(format!("size={px}"));
+    }
+    if let Some(px) = args.resize {
+        sets.push(format!("eval_resize={px}"));
+    }
+    if let Some(px) = args.crop {
+        sets.push(format!("eval_crop={px}"));
     }
     sets.extend(args.set.iter().cloned());
     let cfg = EmbedConfig {

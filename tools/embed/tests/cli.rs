@@ -85,6 +85,28 @@ fn features_are_row_per_item_with_labels_and_independent_of_batching() {
     );
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(read_f32(&b).1, fa);
+    // --resize / --crop set the eval transform.
+    let c = d.join("c.npy");
+    let out = run_tool(
+        BIN,
+        &[
+            "--ckpt",
+            ck.to_str().unwrap(),
+            "--data",
+            &data,
+            "--out",
+            c.to_str().unwrap(),
+            "--resize",
+            "40",
+            "--crop",
+            "36",
+            "-q",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let ev = json_lines(&out.stdout);
+    assert_eq!((ev[0]["eval_resize_px"].as_i64(), ev[0]["eval_crop_px"].as_i64()), (Some(40), Some(36)));
+    assert_eq!((ev[0]["input_h_px"].as_i64(), ev[0]["input_w_px"].as_i64()), (Some(36), Some(36)));
     let _ = std::fs::remove_dir_all(&d);
 }
 

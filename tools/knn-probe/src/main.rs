@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use lewel::cli::CommonArgs;
-use lewel::eval::features::FeatureSource;
+use lewel::eval::jobs;
 use lewel::eval::knn::{self, KnnConfig};
 use lewel::events::{EventWriter, OnClosed};
 
@@ -31,8 +31,13 @@ in FEATS.labels.npy next to each file unless given explicitly. Train and val mus
 splits: the same file for both is refused (the official LEWEL kNN monitor searches a memory that \
 lies inside its queries, which inflates the accuracy).
 
+From checkpoints: --ckpt (repeatable; a folder means every complete checkpoint in it) with \
+--train-data and --val-data embeds both splits with the eval transform, then sweeps the same way.
+
 Output (stdout, JSON lines): `start` (files, sizes, classes, the sweep), one `eval` per (k, T) with \
-top1_pct and top5_pct (percent), and `end` with the best (k, T). The best point is chosen on the \
+top1_pct and top5_pct (percent), `end` with the best (k, T), and one `result` line per evaluation \
+(metrics, checkpoint sha256, data fingerprints, protocol and protocol_hash), which --results \
+FILE.jsonl also appends to, skipping checkpoints it already holds with the same protocol. The best point is chosen on the \
 val split it is scored on, so it is optimistic; report a fixed (k, T) (k=20, T=0.07 is the usual \
 one) when comparing backbones.";
 
@@ -47,21 +52,24 @@ const EXAMPLE: &str = "  embed --ckpt run/ckpt/latest --data train/ --out train.
           long_about = LONG_ABOUT, after_help = lewel::stub::help_tail(EXAMPLE))]
 struct Args {
     /// The memory: float32 [N, C] .npy features of the labelled training split (from `embed`).
-    #[arg(long, value_name = "FEATS.npy")]
-    train_features: PathBuf,
+    #[arg(long, value_name = "FEATS.npy", required_unless_present = "ckpt", conflicts_with = "ckpt")]
+    train_features: Option<PathBuf>,
 
     /// The queries: float32 [M, C] .npy features of the validation split, never the training file.
-    #[arg(long, value_name = "FEATS.npy")]
-    val_features: PathBuf,
+    #[arg(long, value_name = "FEATS.npy", required_unless_present = "ckpt", conflicts_with = "ckpt")]
+    val_features: Option<PathBuf>,
+
+    #[command(flatten)]
+    from_ckpt: lewel::eval::jobs::CkptArgs,
 
     /// Labels of the training features, an integer [N] .npy [default: TRAIN.labels.npy next to
     /// --train-features].
-    #[arg(long, value_name = "LABELS.npy")]
+    #[arg(long, value_name = "LABELS.npy", conflicts_with = "ckpt")]
     train_labels: Option<PathBuf>,
 
     /// Labels of the validation features, an integer [M] .npy [default: VAL.labels.npy next to
     /// --val-features].
-    #[arg(long, value_name = "LABELS.npy")]
+    #[arg(long, value_name = "LABELS.npy", conflicts_with = "ckpt")]
     val_labels: Option<PathBuf>,
 
     /// Neighbour counts k to sweep, comma-separated. 20 is the common single choice; larger k
@@ -93,9 +101,11 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    let (train, val, mode) =
+        args.from_ckpt.sources(args.train_features, args.train_labels, args.val_features, args.val_labels);
     let cfg = KnnConfig {
-        train: FeatureSource::Npy { features: args.train_features, labels: args.train_labels },
-        val: FeatureSource::Npy { features: args.val_features, labels: args.val_labels },
+        train,
+        val,
         ks: args.k,
         temperatures: args.temperature,
         batch_size: args.batch_size,
@@ -106,18 +116,20 @@ fn run(args: Args) -> anyhow::Result<()> {
     cfg.validate()?;
     let bar = progress_bar(args.common.quiet, "queries");
     let mut sink = EventWriter::stdout(TOOL, OnClosed::Fail);
-    let report = knn::run(&cfg, &mut sink, &mut |done, total| {
+    let summary = jobs::knn(&cfg, &mode, args.from_ckpt.results.as_deref(), &mut sink, &mut |done, total| {
         bar.set_length(total);
         bar.set_position(done);
     });
     bar.finish_and_clear();
-    let report = report?;
-    if !args.common.quiet && report.results.len() > 1 {
-        eprintln!(
-            "{TOOL}: note: the best (k = {}, T = {}) was chosen on the val split it is scored on, so its \
-             accuracy is optimistic; compare backbones at a fixed (k, T)",
-            report.best.k, report.best.temperature
-        );
+    let summary = summary?;
+    if !args.common.quiet {
+        if cfg.ks.len() * cfg.temperatures.len() > 1 && summary.evaluated > 0 {
+            eprintln!(
+                "{TOOL}: note: the best (k, T) is chosen on the val split it is scored on, so its accuracy is \
+                 optimistic; compare backbones at a fixed (k, T)"
+            );
+        }
+        eprintln!("{TOOL}: {} evaluated, {} already in --results", summary.evaluated, summary.skipped);
     }
     Ok(())
 }

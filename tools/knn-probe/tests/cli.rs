@@ -64,7 +64,14 @@ fn raw_pixel_knn_on_fashion_mnist_tiny() {
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
     let ev = events(&o.stdout);
     let kinds: Vec<&str> = ev.iter().map(|e| e["event"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["start", "eval", "eval", "eval", "eval", "end"]);
+    assert_eq!(kinds, ["start", "eval", "eval", "eval", "eval", "end", "result"]);
+    let r = &ev[6];
+    assert_eq!(
+        (r["n_train"].as_i64(), r["k"].as_str(), r["temperature"].as_str()),
+        (Some(200), Some("10,20,100,200"), Some("0.07"))
+    );
+    assert!(r["train_fingerprint"].as_str().unwrap().starts_with("npy:200:"), "{r}");
+    assert_eq!(r["top1_pct_k10_t0.07"], 71.0);
     let start = &ev[0];
     assert_eq!((start["n_train"].as_i64(), start["n_val"].as_i64()), (Some(200), Some(100)));
     assert_eq!((start["dim"].as_i64(), start["classes"].as_i64()), (Some(784), Some(10)));
@@ -104,7 +111,7 @@ fn raw_pixel_knn_on_fashion_mnist_tiny() {
     );
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
     let ev = events(&o.stdout);
-    assert_eq!(ev.len(), 4);
+    assert_eq!(ev.len(), 5);
     assert_eq!(ev[1]["top1_pct"], 70.0, "batching must not change the result");
     assert_eq!(ev[2]["temperature"], 0.5);
     std::fs::remove_dir_all(&d).unwrap();

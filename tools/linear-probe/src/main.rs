@@ -11,8 +11,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use lewel::cli::CommonArgs;
-use lewel::eval::features::FeatureSource;
-use lewel::eval::linear::{self, LinearConfig, OptimizerKind, Preset, Protocol, Schedule};
+use lewel::eval::jobs::{self, CkptArgs};
+use lewel::eval::linear::{LinearConfig, OptimizerKind, Preset, Protocol, Schedule};
 use lewel::events::{EventWriter, OnClosed};
 
 const TOOL: &str = "linear-probe";
@@ -27,7 +27,12 @@ scored on the validation features, like the official main_lincls.py but without 
 features are fixed). Input: float32 [N, C] .npy features with integer [N] labels in \
 FEATS.labels.npy next to each file unless given explicitly.
 
-Presets (every value can be overridden by its flag):
+From checkpoints: --ckpt (repeatable; a folder means every complete checkpoint in it) with \
+--train-data and --val-data trains on random-resized crops (scale 0.08-1, ratio 3/4-4/3) with \
+horizontal flips through the frozen backbone (eval-mode BN, no gradient), as the paper does, and \
+scores the eval transform (resize, centre crop) of the val split.
+
+Protocols (--protocol; every value can be overridden by its flag):
   small    (default) SGD momentum 0.9, lr 0.1, batch 64, 30 epochs, step x0.1 at epochs 18 and 24,
            wd 0, evaluation every epoch: the lewel-b recipe sized for a few thousand items
   lewel-b  the paper's LEWEL_B protocol (official scripts, after EMAN): SGD momentum 0.9, lr 0.4,
@@ -38,13 +43,15 @@ Presets (every value can be overridden by its flag):
 Output (stdout, JSON lines): `start` (the resolved protocol), one `epoch` per epoch (loss, lr, \
 train_top1_pct), one `eval` per evaluation (top1_pct, top5_pct on the val split), and `end` with the \
 FINAL accuracies (after the last epoch: the number to report) and the BEST over the evaluated epochs \
-(what the official script prints). The best epoch is chosen on the val split itself, so it is \
+(what the official script prints), then one `result` line per evaluation (metrics, checkpoint sha256, \
+data fingerprints, protocol and protocol_hash) that --results FILE.jsonl also appends to, skipping \
+checkpoints it already holds with the same protocol. The best epoch is chosen on the val split itself, so it is \
 optimistic (`best_is_optimistic: true`). The same --seed gives the same numbers on CPU \
 with the same number of threads.";
 
 const EXAMPLE: &str = "  embed --ckpt run/ckpt/latest --data train/ --out train.npy &&
   embed --ckpt run/ckpt/latest --data val/ --out val.npy &&
-  linear-probe --train-features train.npy --val-features val.npy --preset lewel-b --out probe.json \\
+  linear-probe --train-features train.npy --val-features val.npy --protocol lewel-b --out probe.json \\
     | jq 'select(.event == \"end\") | .final_top1_pct'";
 
 /// Flags of `linear-probe`.
@@ -53,26 +60,29 @@ const EXAMPLE: &str = "  embed --ckpt run/ckpt/latest --data train/ --out train.
           long_about = LONG_ABOUT, after_help = lewel::stub::help_tail(EXAMPLE))]
 struct Args {
     /// Training split: float32 [N, C] .npy features (from `embed`).
-    #[arg(long, value_name = "FEATS.npy")]
-    train_features: PathBuf,
+    #[arg(long, value_name = "FEATS.npy", required_unless_present = "ckpt", conflicts_with = "ckpt")]
+    train_features: Option<PathBuf>,
 
     /// Validation split: float32 [M, C] .npy features, never the training file.
-    #[arg(long, value_name = "FEATS.npy")]
-    val_features: PathBuf,
+    #[arg(long, value_name = "FEATS.npy", required_unless_present = "ckpt", conflicts_with = "ckpt")]
+    val_features: Option<PathBuf>,
+
+    #[command(flatten)]
+    from_ckpt: CkptArgs,
 
     /// Labels of the training features, an integer [N] .npy [default: TRAIN.labels.npy next to
     /// --train-features].
-    #[arg(long, value_name = "LABELS.npy")]
+    #[arg(long, value_name = "LABELS.npy", conflicts_with = "ckpt")]
     train_labels: Option<PathBuf>,
 
     /// Labels of the validation features, an integer [M] .npy [default: VAL.labels.npy next to
     /// --val-features].
-    #[arg(long, value_name = "LABELS.npy")]
+    #[arg(long, value_name = "LABELS.npy", conflicts_with = "ckpt")]
     val_labels: Option<PathBuf>,
 
     /// The protocol to start from (see above); the flags below override its values.
-    #[arg(long, default_value = "small", value_parser = ["small", "lewel-b", "lewel-m"])]
-    preset: String,
+    #[arg(long, alias = "preset", default_value = "small", value_parser = ["small", "lewel-b", "lewel-m"])]
+    protocol: String,
 
     /// Base learning rate, absolute (not scaled by the batch size) [preset: small 0.1, lewel-b 0.4,
     /// lewel-m 3.2]. Lower it if the loss rises or the run diverges (exit 3).
@@ -134,7 +144,7 @@ struct Args {
 impl Args {
     /// The preset's protocol with every flag given on the command line applied.
     fn protocol(&self) -> Protocol {
-        let preset: Preset = self.preset.parse().expect("clap checked the preset");
+        let preset: Preset = self.protocol.parse().expect("clap checked the preset");
         let mut p = preset.protocol();
         if let Some(v) = self.lr {
             p.lr = v;
@@ -171,10 +181,13 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    let protocol = args.protocol();
+    let (train, val, mode) =
+        args.from_ckpt.sources(args.train_features, args.train_labels, args.val_features, args.val_labels);
     let cfg = LinearConfig {
-        protocol: args.protocol(),
-        train: FeatureSource::Npy { features: args.train_features, labels: args.train_labels },
-        val: FeatureSource::Npy { features: args.val_features, labels: args.val_labels },
+        protocol,
+        train,
+        val,
         seed: args.common.seed,
         device: args.common.device.resolve()?,
         out: args.out,
@@ -182,20 +195,19 @@ fn run(args: Args) -> anyhow::Result<()> {
     cfg.protocol.validate()?;
     let bar = progress_bar(args.common.quiet);
     let mut sink = EventWriter::stdout(TOOL, OnClosed::Fail);
-    let report = linear::run(&cfg, &mut sink, &mut |done, total| {
+    let threads = args.from_ckpt.threads;
+    let results = args.from_ckpt.results.as_deref();
+    let summary = jobs::linear(&cfg, &mode, threads, results, &mut sink, &mut |done, total| {
         bar.set_length(total);
         bar.set_position(done);
     });
     bar.finish_and_clear();
-    let report = report?;
+    let summary = summary?;
     if !args.common.quiet {
         eprintln!(
-            "{TOOL}: final top-1 {:.2}% (epoch {}); best top-1 {:.2}% at epoch {} was chosen on the val split \
-             itself, so it is optimistic: report the final value",
-            report.final_top1_pct,
-            report.epochs.len(),
-            report.best_top1_pct,
-            report.best_epoch
+            "{TOOL}: {} evaluated, {} already in --results; report final_top1_pct (the best epoch is chosen on \
+             the val split itself, so it is optimistic)",
+            summary.evaluated, summary.skipped
         );
     }
     Ok(())
@@ -232,7 +244,7 @@ mod tests {
         let p = Args::parse_from([&base[..], &["--preset", "lewel-b"]].concat()).protocol();
         assert_eq!(p, Preset::LewelB.protocol());
         let more = [
-            "--preset",
+            "--protocol",
             "lewel-m",
             "--lr",
             "0.5",

@@ -56,10 +56,10 @@ fn without_timings(ev: &[Value]) -> Vec<Value> {
 
 #[test]
 fn help_lists_exit_codes_and_an_example() {
-    check_help(BIN, "linear-probe --train-features train.npy --val-features val.npy --preset lewel-b");
+    check_help(BIN, "linear-probe --train-features train.npy --val-features val.npy --protocol lewel-b");
     let help = String::from_utf8(run_tool(BIN, &["--help"]).stdout).unwrap();
     for flag in [
-        "--preset",
+        "--protocol",
         "--lr",
         "--epochs",
         "--batch-size",
@@ -106,8 +106,9 @@ fn raw_pixel_probe_on_fashion_mnist_tiny() {
     assert_eq!((epochs.len(), evals.len()), (30, 30));
     assert_eq!(epochs[18]["lr"].as_f64().map(|x| (x * 1e6).round()), Some(10000.0), "x0.1 at epoch 18 (from 0)");
     assert!(epochs.iter().all(|e| e["loss"].as_f64().unwrap() > 0.0 && e["train_top1_pct"].is_number()));
-    let end = ev.last().unwrap();
-    assert_eq!(end["event"], "end");
+    let end = of_kind(&ev, "end")[0];
+    assert_eq!(ev.last().unwrap()["event"], "result");
+    assert_eq!(ev.last().unwrap()["final_top1_pct"], end["final_top1_pct"]);
     let final1 = end["final_top1_pct"].as_f64().unwrap();
     let final5 = end["final_top5_pct"].as_f64().unwrap();
     assert!(final1 >= 60.0 && final5 >= 90.0, "far above the 10% of chance: {end}");
@@ -136,7 +137,8 @@ fn raw_pixel_probe_on_fashion_mnist_tiny() {
         ("lewel-b", &["--epochs", "6", "--milestones", "3,5"][..]),
         ("lewel-m", &["--epochs", "6", "--batch-size", "16", "--normalize"][..]),
     ] {
-        let o = run_tool(BIN, &[&args[..], &["--preset", preset], extra].concat());
+        let flag = if preset == "lewel-b" { "--protocol" } else { "--preset" }; // the old name is an alias
+        let o = run_tool(BIN, &[&args[..], &[flag, preset], extra].concat());
         assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
         let ev = events(&o.stdout);
         assert_eq!(ev[0]["preset"], preset);
