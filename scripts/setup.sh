@@ -15,6 +15,7 @@ set -euo pipefail
 
 TORCH_VERSION=2.11.0
 TORCHVISION_VERSION=0.26.0
+TIMM_VERSION=1.0.31
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$top"
 
@@ -47,6 +48,14 @@ if [ ! -f "$stamp" ]; then
   [ "$got" = "$TORCH_VERSION $TORCHVISION_VERSION" ] ||
     die "expected torch $TORCH_VERSION and torchvision $TORCHVISION_VERSION, got $got"
   touch "$stamp"
+fi
+# timm, for the export interop tests (--no-deps: it must not pull another torch; its two small
+# dependencies explicitly). Also added to environments made before it was needed.
+if ! "$venv/bin/python" -c 'import timm' 2>/dev/null; then
+  say "adding timm==$TIMM_VERSION to $venv (export interop tests)"
+  "$venv/bin/python" -m pip install --quiet --no-deps "timm==$TIMM_VERSION" >&2 &&
+    "$venv/bin/python" -m pip install --quiet pyyaml huggingface_hub >&2 ||
+    die "pip could not install timm==$TIMM_VERSION. Check the network, then run scripts/setup.sh again."
 fi
 ln -sfn "$venv" "$top/.venv"
 torch_dir=$("$venv/bin/python" -c 'import os, torch; print(os.path.dirname(torch.__file__))')

@@ -17,14 +17,6 @@ pub fn check_help(bin: &str, example_fragment: &str) {
     }
 }
 
-/// Checks that a planned tool refuses to run: exit 1 and "not implemented yet" on stderr, nothing on stdout.
-pub fn check_not_implemented(bin: &str, args: &[&str]) {
-    let out = run_tool(bin, args);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not implemented yet"));
-    assert!(out.stdout.is_empty(), "a failing tool wrote data to stdout");
-}
-
 /// Writes a C-ordered float32 `.npy` file (test inputs such as view pairs).
 pub fn write_npy_f32(path: &std::path::Path, shape: &[u64], data: &[f32]) {
     use npyz::WriterBuilder;

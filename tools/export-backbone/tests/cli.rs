@@ -141,6 +141,12 @@ fn exports_load_in_torch_torchvision_safetensors_and_numpy() {
         let diff = c["feature_max_abs_diff"].as_f64().unwrap();
         assert!(diff <= 1e-5, "{fmt}: torchvision's features differ from ours by {diff}");
     }
+    // timm (no classifier: num_classes=0) takes the safetensors export with nothing missing or left over.
+    let c = &r["timm"];
+    assert_eq!(c["missing"], json!([]), "timm: {c}");
+    assert_eq!(c["unexpected"], json!([]), "timm: {c}");
+    let diff = c["feature_max_abs_diff"].as_f64().unwrap();
+    assert!(diff <= 1e-5, "timm's features differ from ours by {diff}");
     let c = &r["detectron2"];
     assert_eq!(c["author"], "lewel", "{c}");
     assert_eq!(c["matching_heuristics"], true, "{c}");

@@ -65,6 +65,22 @@ for name, sd in [
     r["feature_max_abs_diff"] = float((f - feats).abs().max())
     out[name] = r
 
+# timm: its ResNets use torchvision's names; load the safetensors export into timm's model of the
+# same architecture (head `fc` left out) and compare features.
+import timm  # noqa: E402
+
+tm = timm.create_model(arch, pretrained=False, num_classes=0)
+res = tm.load_state_dict(load_file(f"{d}/bb.safetensors"), strict=False)
+tm.eval()
+with torch.no_grad():
+    tf = tm(x)
+out["timm"] = {
+    "version": timm.__version__,
+    "missing": sorted(res.missing_keys),
+    "unexpected": sorted(res.unexpected_keys),
+    "feature_max_abs_diff": float((tf - feats).abs().max()),
+}
+
 with open(f"{d}/bb.pkl", "rb") as fh:
     d2 = pickle.load(fh, encoding="latin1")  # as detectron2's checkpoint loader reads .pkl files
 m = d2["model"]
