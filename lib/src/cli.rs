@@ -93,6 +93,37 @@ pub fn parse_device(s: &str) -> Result<DeviceSpec, String> {
     }
 }
 
+/// The bar of a training run (pretrain, finetune-semi): steps, ETA and the latest step's figures.
+pub const STEPS_TEMPLATE: &str = "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps, ETA {eta} | {msg}";
+
+/// An indicatif bar on stderr with `template`, hidden under `--quiet` (indicatif also hides it when
+/// stderr is not a terminal). The one constructor every tool uses.
+pub fn progress_bar(quiet: bool, template: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(0);
+    if quiet {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(template).unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// Shows a training step's figures on a [`STEPS_TEMPLATE`] bar.
+pub fn show_step(bar: &indicatif::ProgressBar, r: &crate::train::StepReport) {
+    bar.set_length(r.total_steps);
+    bar.set_position(r.step);
+    bar.set_message(format!(
+        "epoch {}/{} loss {:.4} lr {:.3e} {:.0} img/s wait {:.0}%",
+        r.epoch + 1,
+        r.epochs,
+        r.loss,
+        r.lr,
+        r.images_per_s,
+        100.0 * r.data_wait_frac
+    ));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Parser;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use lewel::cli::CommonArgs;
 use lewel::data::{DataSpec, Recipe};
 use lewel::embed::{self, EmbedConfig};
@@ -97,13 +96,9 @@ fn run(args: Args) -> Result<()> {
         threads: args.threads,
         device,
     };
-    let bar = ProgressBar::new(0);
-    if args.common.quiet {
-        bar.set_draw_target(ProgressDrawTarget::hidden());
-    }
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} images, {per_sec}, ETA {eta}")
-            .expect("valid template"),
+    let bar = lewel::cli::progress_bar(
+        args.common.quiet,
+        "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} images, {per_sec}, ETA {eta}",
     );
     let mut sink = EventWriter::stdout("embed", OnClosed::Fail);
     let result = embed::run(&cfg, &mut sink, &mut |done, all| {

@@ -3,12 +3,11 @@
 //! Parses the flags, builds a [`lewel::eval::knn::KnnConfig`], runs [`lewel::eval::knn::run`] and maps
 //! the result to an exit code. All the work and its tests live in `lewel::eval`.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::ProgressBar;
 use lewel::cli::CommonArgs;
 use lewel::eval::jobs;
 use lewel::eval::knn::{self, KnnConfig};
@@ -134,15 +133,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// An indicatif bar on stderr, hidden under --quiet or when stderr is not a terminal.
+/// The bar, counting `unit`s (see `lewel::cli::progress_bar`).
 fn progress_bar(quiet: bool, unit: &str) -> ProgressBar {
-    if quiet || !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
-    let style = format!("{{bar:40}} {{pos}}/{{len}} {unit} ({{eta}} left)");
-    bar.set_style(ProgressStyle::with_template(&style).unwrap_or_else(|_| ProgressStyle::default_bar()));
-    bar
+    lewel::cli::progress_bar(quiet, &format!("{{bar:40}} {{pos}}/{{len}} {unit} ({{eta}} left)"))
 }
 
 #[cfg(test)]

@@ -4,12 +4,11 @@
 //! [`lewel::eval::linear::run`] and maps the result to an exit code. The work and its tests live in
 //! `lewel::eval`.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::ProgressBar;
 use lewel::cli::CommonArgs;
 use lewel::eval::jobs::{self, CkptArgs};
 use lewel::eval::linear::{LinearConfig, OptimizerKind, Preset, Protocol, Schedule};
@@ -213,15 +212,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// An indicatif bar on stderr, hidden under --quiet or when stderr is not a terminal.
 fn progress_bar(quiet: bool) -> ProgressBar {
-    if quiet || !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
-    let style = ProgressStyle::with_template("{bar:40} {pos}/{len} steps ({eta} left)");
-    bar.set_style(style.unwrap_or_else(|_| ProgressStyle::default_bar()));
-    bar
+    lewel::cli::progress_bar(quiet, "{bar:40} {pos}/{len} steps ({eta} left)")
 }
 
 #[cfg(test)]

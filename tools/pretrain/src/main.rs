@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use lewel::cli::CommonArgs;
 use lewel::data::Recipe;
 use lewel::model::{Arch, EmaMode, Method, Stem};
@@ -363,36 +362,12 @@ fn run(args: Args) -> Result<()> {
 
     lewel::signals::install();
     let mut sink = run_dir.event_writer("pretrain")?;
-    let bar = progress_bar(args.common.quiet);
-    let mut progress = |r: &train::StepReport| {
-        bar.set_length(r.total_steps);
-        bar.set_position(r.step);
-        bar.set_message(format!(
-            "epoch {}/{} loss {:.4} lr {:.3e} {:.0} img/s wait {:.0}%",
-            r.epoch + 1,
-            r.epochs,
-            r.loss,
-            r.lr,
-            r.images_per_s,
-            100.0 * r.data_wait_frac
-        ));
-    };
+    let bar = lewel::cli::progress_bar(args.common.quiet, lewel::cli::STEPS_TEMPLATE);
+    let mut progress = |r: &train::StepReport| lewel::cli::show_step(&bar, r);
     let result = train::run(&cfg, &opts, &run_dir, &mut sink, &mut progress);
     bar.finish_and_clear();
     let _ = sink.flush_copy();
     result.map(|_| ())
-}
-
-fn progress_bar(quiet: bool) -> ProgressBar {
-    let bar = ProgressBar::new(0);
-    if quiet {
-        bar.set_draw_target(ProgressDrawTarget::hidden());
-    }
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps, ETA {eta} | {msg}")
-            .expect("valid template"),
-    );
-    bar
 }
 
 fn main() -> ExitCode {
