@@ -56,3 +56,12 @@ pub fn json_lines(bytes: &[u8]) -> Vec<serde_json::Value> {
         })
         .collect()
 }
+
+/// A fresh, empty scratch folder for one test: `$TMPDIR/lewel-test-NAME-PID` (the process id keeps
+/// test binaries that run at the same time apart; NAME keeps the tests of one binary apart).
+pub fn scratch(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("lewel-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("create a scratch folder");
+    d
+}

@@ -4,16 +4,10 @@ use std::path::{Path, PathBuf};
 
 use lewel::data::decode::{decode_rgb, MAX_PIXELS};
 use lewel::data::{open, DataSpec, Dataset};
+use lewel::testing::scratch;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("lewel-readers-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 fn open_path(p: &Path) -> std::sync::Arc<dyn Dataset> {

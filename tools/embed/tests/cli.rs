@@ -3,17 +3,11 @@
 use std::path::{Path, PathBuf};
 
 use lewel::model::{Arch, Lewel, ModelConfig, Stem};
+use lewel::testing::scratch;
 use lewel::testing::{check_help, json_lines, run_tool};
 
 const BIN: &str = env!("CARGO_BIN_EXE_embed");
 const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures");
-
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("lewel-embed-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// A tiny CIFAR-stem checkpoint with non-default BN statistics.
 fn checkpoint(dir: &Path) -> PathBuf {

@@ -7,6 +7,7 @@ use std::process::{Command, Output};
 
 use lewel::ckpt;
 use lewel::model::{Arch, Lewel, ModelConfig, Stem};
+use lewel::testing::scratch;
 use lewel::testing::{check_help, json_lines, test_values, write_npy_f32};
 use serde_json::{json, Value};
 use tch::{nn::VarStore, Device, Tensor};
@@ -15,13 +16,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_export-backbone");
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("lewel-export-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 /// The venv's Python, or `None` when LEWEL_SKIP_PYTHON is set; a missing venv is a failure otherwise.

@@ -4,18 +4,12 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use lewel::model::{Arch, Lewel, ModelConfig, Stem};
+use lewel::testing::scratch;
 use lewel::testing::{check_help, json_lines, run_tool};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_finetune-semi");
 const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures");
-
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("lewel-semi-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// A tiny CIFAR-stem pre-training checkpoint.
 fn checkpoint(dir: &Path) -> PathBuf {

@@ -1,11 +1,12 @@
 //! Black-box tests of `knn-probe --ckpt`: the same numbers as on `embed` features, `--results`
 //! skip/append (run twice, a checkpoint appearing mid-way, half-written ones), and bad checkpoints.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use lewel::data::DataSpec;
 use lewel::embed::EmbedConfig;
 use lewel::events::MemorySink;
+use lewel::testing::scratch;
 use lewel::testing::{json_lines, run_tool};
 use serde_json::Value;
 
@@ -13,13 +14,6 @@ use serde_json::Value;
 mod tiny_ckpt;
 
 const BIN: &str = env!("CARGO_BIN_EXE_knn-probe");
-
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("knn-probe-ckpt-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()

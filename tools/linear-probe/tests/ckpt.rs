@@ -1,8 +1,9 @@
 //! Black-box tests of `linear-probe --ckpt`: the paper's protocol on the fly (augmented training
 //! crops through the frozen backbone) on the Fashion-MNIST fixture, and `--results` skipping.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use lewel::testing::scratch;
 use lewel::testing::{json_lines, run_tool};
 use serde_json::Value;
 
@@ -10,13 +11,6 @@ use serde_json::Value;
 mod tiny_ckpt;
 
 const BIN: &str = env!("CARGO_BIN_EXE_linear-probe");
-
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("linear-probe-ckpt-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()

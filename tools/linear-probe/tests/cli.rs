@@ -1,9 +1,10 @@
 //! Black-box tests of `linear-probe`: help, real runs on raw-pixel Fashion-MNIST features, bad inputs,
 //! divergence, and a closed stdout.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
+use lewel::testing::scratch;
 use lewel::testing::{check_help, run_tool};
 use serde_json::Value;
 
@@ -11,13 +12,6 @@ use serde_json::Value;
 mod fmnist_pixels;
 
 const BIN: &str = env!("CARGO_BIN_EXE_linear-probe");
-
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("linear-probe-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()

@@ -3,9 +3,10 @@
 
 use std::collections::HashSet;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
+use lewel::testing::scratch;
 use lewel::testing::{check_help, run_tool};
 use serde_json::Value;
 
@@ -14,14 +15,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_plot-events");
 fn fixture(name: &str) -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/plot-events");
     root.join(name).join("events.jsonl").display().to_string()
-}
-
-/// A fresh scratch folder for one test.
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("plot-events-{name}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&d);
-    fs::create_dir_all(&d).unwrap();
-    d
 }
 
 /// stdout decoded as events: (event kind, object) per line; every line must be a v1 object.

@@ -1,19 +1,11 @@
 //! The online kNN monitor of `pretrain` (`--knn-every`): `eval` events from the loop's periodic evaluation.
 
-use std::path::PathBuf;
-
+use lewel::testing::scratch;
 use lewel::testing::{json_lines, run_tool};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pretrain");
 const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures");
-
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("lewel-knnmon-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 fn args<'a>(train: &'a str, val: &'a str, out: &'a str) -> Vec<&'a str> {
     vec![

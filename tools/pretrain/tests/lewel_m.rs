@@ -5,17 +5,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use lewel::testing::scratch;
 use lewel::testing::{json_lines, test_values, write_npy_f32};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pretrain");
-
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("lewel-pretrain-m-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// 8 view pairs of 32x32.
 fn views(dir: &Path) -> PathBuf {

@@ -3,18 +3,12 @@
 use std::path::{Path, PathBuf};
 
 use lewel::model::{Arch, Lewel, Method, ModelConfig, Stem};
+use lewel::testing::scratch;
 use lewel::testing::{check_help, json_lines, run_tool, test_values, write_npy_f32};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_viz-maps");
 const PHOTOS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/photos-96");
-
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("lewel-viz-maps-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// A tiny CIFAR-stem checkpoint (K = 8 maps in G = 2 groups) with non-default BN statistics.
 fn checkpoint(dir: &Path, method: Method) -> PathBuf {
