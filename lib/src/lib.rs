@@ -12,6 +12,7 @@
 //! - [`fsio`]: atomic file writes (temp name in the same folder, sync, rename).
 //! - [`run`]: the run directory (`config.json`, `events.jsonl`, `ckpt/`).
 
+pub mod alloc;
 pub mod ckpt;
 pub mod cli;
 pub mod data;

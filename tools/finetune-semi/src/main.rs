@@ -214,6 +214,7 @@ fn run(args: Args) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    lewel::alloc::tune_for_training();
     lewel::exit::finish("finetune-semi", run(Args::parse()))
 }
 

@@ -371,6 +371,7 @@ fn run(args: Args) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    lewel::alloc::tune_for_training();
     lewel::exit::finish("pretrain", run(Args::parse()))
 }
 
