@@ -65,3 +65,27 @@ pub fn scratch(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&d).expect("create a scratch folder");
     d
 }
+
+/// A tiny LEWEL_B checkpoint (ResNet-18, CIFAR stem, width 4, K 8, hidden 16; seed 3) written with its
+/// sidecar into the folder `dir` (created). With `move_bn_stats`, one training forward on noise moves
+/// the BN running statistics off their defaults first. Returns the checkpoint file.
+pub fn tiny_checkpoint(dir: &std::path::Path, move_bn_stats: bool) -> std::path::PathBuf {
+    use crate::model::{Arch, Lewel, ModelConfig, Stem};
+    tch::manual_seed(3);
+    let cfg = ModelConfig {
+        arch: Arch::Resnet18,
+        stem: Stem::Cifar,
+        width: 4,
+        proj_dim: 8,
+        hidden_dim: 16,
+        ..ModelConfig::default()
+    };
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let model = Lewel::new(&vs, &cfg).expect("tiny model");
+    if move_bn_stats {
+        let x = tch::Tensor::randn([8, 3, 32, 32], (tch::Kind::Float, tch::Device::Cpu));
+        let _ = model.forward_loss(&x, &x.flip([3])).expect("forward");
+    }
+    std::fs::create_dir_all(dir).expect("checkpoint folder");
+    crate::ckpt::save(dir, 1, 0, &model.state_dict(), &serde_json::json!({"config": {"model": cfg}})).expect("save")
+}

@@ -2,7 +2,6 @@
 
 use std::path::{Path, PathBuf};
 
-use lewel::model::{Arch, Lewel, ModelConfig, Stem};
 use lewel::testing::scratch;
 use lewel::testing::{check_help, json_lines, run_tool};
 
@@ -11,22 +10,7 @@ const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures");
 
 /// A tiny CIFAR-stem checkpoint with non-default BN statistics.
 fn checkpoint(dir: &Path) -> PathBuf {
-    tch::manual_seed(3);
-    let cfg = ModelConfig {
-        arch: Arch::Resnet18,
-        stem: Stem::Cifar,
-        width: 4,
-        proj_dim: 8,
-        hidden_dim: 16,
-        ..ModelConfig::default()
-    };
-    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-    let model = Lewel::new(&vs, &cfg).unwrap();
-    let x = tch::Tensor::randn([8, 3, 32, 32], (tch::Kind::Float, tch::Device::Cpu));
-    let _ = model.forward_loss(&x, &x.flip([3])).unwrap(); // moves the BN running statistics
-    let ck = dir.join("ckpt");
-    std::fs::create_dir_all(&ck).unwrap();
-    lewel::ckpt::save(&ck, 1, 0, &model.state_dict(), &serde_json::json!({"config": {"model": cfg}})).unwrap()
+    lewel::testing::tiny_checkpoint(&dir.join("ckpt"), true)
 }
 
 fn read_f32(path: &Path) -> (Vec<u64>, Vec<f32>) {

@@ -3,7 +3,6 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use lewel::model::{Arch, Lewel, ModelConfig, Stem};
 use lewel::testing::scratch;
 use lewel::testing::{check_help, json_lines, run_tool};
 use serde_json::Value;
@@ -13,20 +12,7 @@ const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures");
 
 /// A tiny CIFAR-stem pre-training checkpoint.
 fn checkpoint(dir: &Path) -> PathBuf {
-    tch::manual_seed(3);
-    let cfg = ModelConfig {
-        arch: Arch::Resnet18,
-        stem: Stem::Cifar,
-        width: 4,
-        proj_dim: 8,
-        hidden_dim: 16,
-        ..ModelConfig::default()
-    };
-    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-    let model = Lewel::new(&vs, &cfg).unwrap();
-    let ck = dir.join("pre");
-    std::fs::create_dir_all(&ck).unwrap();
-    lewel::ckpt::save(&ck, 1, 0, &model.state_dict(), &serde_json::json!({"config": {"model": cfg}})).unwrap()
+    lewel::testing::tiny_checkpoint(&dir.join("pre"), false)
 }
 
 fn train() -> String {
