@@ -41,6 +41,24 @@ pub struct OutArgs {
     pub out: PathBuf,
 }
 
+/// The run-folder flags of the training tools (`pretrain`, `finetune-semi`).
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Emit a `step` event every N steps (0 = none; epoch events always).
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub log_every: u64,
+    /// Stop after this global step with a checkpoint (exit 0): for quick tests and time-boxed runs.
+    #[arg(long, value_name = "N")]
+    pub max_steps: Option<u64>,
+    /// The run folder to write.
+    #[arg(long, value_name = "RUN", required_unless_present = "resume", conflicts_with = "resume")]
+    pub out: Option<PathBuf>,
+    /// Continue the run in this folder from its newest valid checkpoint. Flags given with it must agree
+    /// with the run's configuration.
+    #[arg(long, value_name = "RUN")]
+    pub resume: Option<PathBuf>,
+}
+
 /// A device as the user wrote it; resolved to a `tch::Device` by [`DeviceSpec::resolve`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceSpec {

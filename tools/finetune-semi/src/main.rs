@@ -89,18 +89,8 @@ struct Args {
     /// Stop at the first unreadable image (default: replace it, and report a `warn` event).
     #[arg(long)]
     strict: bool,
-    /// Emit a `step` event every N steps (0 = none).
-    #[arg(long, default_value_t = 10, value_name = "N")]
-    log_every: u64,
-    /// Stop after this global step with a checkpoint (exit 0): for tests and time-boxed runs.
-    #[arg(long, value_name = "N")]
-    max_steps: Option<u64>,
-    /// The run folder to write.
-    #[arg(long, value_name = "RUN", required_unless_present = "resume", conflicts_with = "resume")]
-    out: Option<PathBuf>,
-    /// Continue the run in this folder from its newest valid checkpoint (training flags must agree).
-    #[arg(long, value_name = "RUN")]
-    resume: Option<PathBuf>,
+    #[command(flatten)]
+    run: lewel::cli::RunArgs,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -163,11 +153,11 @@ fn run(args: Args) -> Result<()> {
     let opts = RunOptions {
         device,
         threads: args.threads,
-        log_every: args.log_every,
-        max_steps: args.max_steps,
-        resume: args.resume.is_some(),
+        log_every: args.run.log_every,
+        max_steps: args.run.max_steps,
+        resume: args.run.resume.is_some(),
     };
-    let (cfg, run_dir) = if let Some(dir) = &args.resume {
+    let (cfg, run_dir) = if let Some(dir) = &args.run.resume {
         let run_dir = RunDir::open(dir)?;
         let stored: SemiConfig = serde_json::from_value(run_dir.read_config()?["finetune_semi"].clone())
             .with_context(|| format!("{}: not a finetune-semi configuration", run_dir.config_path().display()))?;
@@ -192,7 +182,7 @@ fn run(args: Args) -> Result<()> {
         let mut base = semi::preset(args.preset.as_deref().unwrap_or("semi-10pct"))?;
         base.seed = args.common.seed;
         let cfg = args.apply(base);
-        let out = args.out.as_ref().expect("clap requires --out without --resume");
+        let out = args.run.out.as_ref().expect("clap requires --out without --resume");
         let run_dir = RunDir::create(out)?;
         if run_dir.config_path().exists() {
             anyhow::bail!(

@@ -178,19 +178,8 @@ struct Args {
     #[arg(long, value_name = "K", requires = "knn_every")]
     knn_k: Option<usize>,
 
-    /// Emit a `step` event every N steps (0 = none; epoch events always).
-    #[arg(long, default_value_t = 10, value_name = "N")]
-    log_every: u64,
-    /// Stop after this global step with a checkpoint (exit 0): for quick tests and time-boxed runs.
-    #[arg(long, value_name = "N")]
-    max_steps: Option<u64>,
-    /// The run folder to write.
-    #[arg(long, value_name = "RUN", required_unless_present = "resume", conflicts_with = "resume")]
-    out: Option<PathBuf>,
-    /// Continue the run in this folder from its newest valid checkpoint. Flags given with it must agree
-    /// with the run's configuration.
-    #[arg(long, value_name = "RUN")]
-    resume: Option<PathBuf>,
+    #[command(flatten)]
+    run: lewel::cli::RunArgs,
 
     #[command(flatten)]
     common: CommonArgs,
@@ -313,11 +302,11 @@ fn run(args: Args) -> Result<()> {
     let opts = RunOptions {
         device,
         threads: args.threads,
-        log_every: args.log_every,
-        max_steps: args.max_steps,
-        resume: args.resume.is_some(),
+        log_every: args.run.log_every,
+        max_steps: args.run.max_steps,
+        resume: args.run.resume.is_some(),
     };
-    let (cfg, run_dir) = if let Some(dir) = &args.resume {
+    let (cfg, run_dir) = if let Some(dir) = &args.run.resume {
         let run_dir = RunDir::open(dir)?;
         let stored: PretrainConfig = serde_json::from_value(run_dir.read_config()?["pretrain"].clone())
             .with_context(|| format!("{}: not a pretrain configuration", run_dir.config_path().display()))?;
@@ -348,7 +337,7 @@ fn run(args: Args) -> Result<()> {
         if let Some(k) = &cfg.knn_monitor {
             k.validate()?;
         }
-        let out = args.out.as_ref().expect("clap requires --out without --resume");
+        let out = args.run.out.as_ref().expect("clap requires --out without --resume");
         let run_dir = RunDir::create(out)?;
         if run_dir.config_path().exists() {
             anyhow::bail!(
