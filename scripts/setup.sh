@@ -16,6 +16,8 @@ set -euo pipefail
 TORCH_VERSION=2.11.0
 TORCHVISION_VERSION=0.26.0
 TIMM_VERSION=1.0.31
+CUDA_CRT_VERSION=13.0.88
+CUDA_CCCL_VERSION=13.0.85
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$top"
 
@@ -56,6 +58,14 @@ if ! "$venv/bin/python" -c 'import timm' 2>/dev/null; then
   "$venv/bin/python" -m pip install --quiet --no-deps "timm==$TIMM_VERSION" >&2 &&
     "$venv/bin/python" -m pip install --quiet pyyaml huggingface_hub >&2 ||
     die "pip could not install timm==$TIMM_VERSION. Check the network, then run scripts/setup.sh again."
+fi
+# The CUDA headers that the c10d shim (ffi/, ProcessGroupNCCL) compiles against: the torch wheel brings the
+# CUDA runtime's headers but not `crt/` (nvidia-cuda-crt) nor `nv/target` (nvidia-cuda-cccl); both are small.
+nv_inc="$venv/lib/python$pyver/site-packages/nvidia/cu13/include"
+if [ -d "$nv_inc" ] && { [ ! -f "$nv_inc/crt/host_config.h" ] || [ ! -f "$nv_inc/nv/target" ]; }; then
+  say "adding the CUDA compiler headers (nvidia-cuda-crt, nvidia-cuda-cccl) to $venv (NCCL support)"
+  "$venv/bin/python" -m pip install --quiet --no-deps "nvidia-cuda-crt==$CUDA_CRT_VERSION" "nvidia-cuda-cccl==$CUDA_CCCL_VERSION" >&2 ||
+    die "pip could not install nvidia-cuda-crt / nvidia-cuda-cccl. Check the network, then run scripts/setup.sh again."
 fi
 ln -sfn "$venv" "$top/.venv"
 torch_dir=$("$venv/bin/python" -c 'import os, torch; print(os.path.dirname(torch.__file__))')

@@ -1,0 +1,276 @@
+// The few libtorch C++ entry points that tch does not wrap, behind a C ABI for `lewel::ffi`:
+//
+// - c10d: a TCPStore rendezvous and one process group per process (ProcessGroupGloo on CPU, ProcessGroupNCCL on
+//   CUDA when the build found NCCL), with the collectives the training loop needs, plus an all-reduce that autograd
+//   can differentiate (its backward all-reduces the gradient), for SyncBatchNorm;
+// - autocast on any device type (tch's `autocast` only toggles CUDA) and the AMP gradient unscale kernel;
+// - memory formats (channels-last).
+//
+// Every function returns 0 on success; on a C++ exception it returns 1 and `lewel_shim_last_error()` gives the
+// message (thread-local). Tensors cross as `at::Tensor*`, which is what tch's `C_tensor` is; tensors handed back
+// are heap-allocated here and owned (and freed) by tch from then on.
+
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#ifdef LEWEL_WITH_NCCL
+#include <c10/cuda/CUDAFunctions.h>
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
+
+namespace {
+
+thread_local std::string last_error;
+
+struct Group {
+  c10::intrusive_ptr<c10d::Store> store;
+  c10::intrusive_ptr<c10d::Backend> backend;
+  int rank = 0;
+  int world = 1;
+  std::chrono::milliseconds timeout{0};
+};
+
+Group* group = nullptr;
+
+Group& current() {
+  TORCH_CHECK(group != nullptr, "no process group: lewel_dist_init was not called");
+  return *group;
+}
+
+#define LEWEL_GUARD(body)                      \
+  try {                                        \
+    body;                                      \
+    return 0;                                  \
+  } catch (const std::exception& e) {          \
+    last_error = e.what();                     \
+    return 1;                                  \
+  } catch (...) {                              \
+    last_error = "unknown C++ exception";      \
+    return 1;                                  \
+  }
+
+void wait_all(std::vector<c10::intrusive_ptr<c10d::Work>>& works) {
+  for (auto& w : works) {
+    w->wait(current().timeout);
+  }
+}
+
+// In-place sum over the ranks.
+void allreduce_sum(at::Tensor& t) {
+  std::vector<at::Tensor> v{t};
+  c10d::AllreduceOptions o;
+  o.reduceOp = c10d::ReduceOp::SUM;
+  std::vector<c10::intrusive_ptr<c10d::Work>> works{current().backend->allreduce(v, o)};
+  wait_all(works);
+}
+
+// y = sum over ranks of x; dL/dx = sum over ranks of dL/dy (every rank's loss depends on every rank's x).
+struct AllReduceSum : public torch::autograd::Function<AllReduceSum> {
+  static at::Tensor forward(torch::autograd::AutogradContext*, at::Tensor x) {
+    auto y = x.clone(at::MemoryFormat::Contiguous);
+    allreduce_sum(y);
+    return y;
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext*,
+                                                 torch::autograd::variable_list grads) {
+    auto g = grads[0].clone(at::MemoryFormat::Contiguous);
+    allreduce_sum(g);
+    return {g};
+  }
+};
+
+at::DeviceType device_type(int d) { return d == 1 ? at::kCUDA : at::kCPU; }
+
+} // namespace
+
+extern "C" {
+
+const char* lewel_shim_last_error() { return last_error.c_str(); }
+
+int lewel_shim_has_nccl() {
+#ifdef LEWEL_WITH_NCCL
+  return 1;
+#else
+  return 0;
+#endif
+}
+
+// Joins the group: rank 0 hosts the TCPStore at addr:port; `backend` is "gloo" or "nccl"; `cuda_device` is the
+// device NCCL binds (ignored by Gloo). GLOO_SOCKET_IFNAME picks Gloo's interface, as in PyTorch.
+int lewel_dist_init(const char* backend, const char* addr, int port, int rank, int world, int64_t timeout_ms,
+                    int cuda_device) {
+  LEWEL_GUARD({
+    TORCH_CHECK(group == nullptr, "the process group is already initialised");
+    auto timeout = std::chrono::milliseconds(timeout_ms);
+    c10d::TCPStoreOptions so;
+    so.port = static_cast<std::uint16_t>(port);
+    so.isServer = rank == 0;
+    so.numWorkers = static_cast<std::size_t>(world);
+    so.waitWorkers = true;
+    so.timeout = timeout;
+    auto tcp = c10::make_intrusive<c10d::TCPStore>(std::string(addr), so);
+    auto store = c10::make_intrusive<c10d::PrefixStore>("lewel/default_pg", tcp);
+    auto g = std::make_unique<Group>();
+    g->store = tcp;
+    g->rank = rank;
+    g->world = world;
+    g->timeout = timeout;
+    if (std::strcmp(backend, "gloo") == 0) {
+      auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
+      const char* ifname = std::getenv("GLOO_SOCKET_IFNAME");
+      if (ifname != nullptr && *ifname != '\0') {
+        opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
+      } else {
+        opts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+      }
+      g->backend = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, opts);
+    } else if (std::strcmp(backend, "nccl") == 0) {
+#ifdef LEWEL_WITH_NCCL
+      c10::cuda::set_device(static_cast<c10::DeviceIndex>(cuda_device));
+      auto opts = c10d::ProcessGroupNCCL::Options::create();
+      opts->timeout = timeout;
+      g->backend = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, rank, world, opts);
+#else
+      (void)cuda_device;
+      TORCH_CHECK(false, "this build of lewel has no NCCL (its libtorch had no NCCL headers); use --device cpu (Gloo)");
+#endif
+    } else {
+      TORCH_CHECK(false, "unknown c10d backend ", backend);
+    }
+    group = g.release();
+  })
+}
+
+int lewel_dist_rank() { return group ? group->rank : 0; }
+int lewel_dist_world() { return group ? group->world : 1; }
+
+// Sums (average != 0: averages) each tensor in place over the ranks; the reductions run concurrently.
+int lewel_dist_allreduce(at::Tensor** tensors, int n, int average) {
+  LEWEL_GUARD({
+    auto& g = current();
+    std::vector<c10::intrusive_ptr<c10d::Work>> works;
+    for (int i = 0; i < n; ++i) {
+      std::vector<at::Tensor> v{*tensors[i]};
+      c10d::AllreduceOptions o;
+      o.reduceOp = c10d::ReduceOp::SUM;
+      works.push_back(g.backend->allreduce(v, o));
+    }
+    wait_all(works);
+    if (average) {
+      for (int i = 0; i < n; ++i) {
+        tensors[i]->div_(g.world);
+      }
+    }
+  })
+}
+
+// Copies rank `root`'s values into each tensor on every rank.
+int lewel_dist_broadcast(at::Tensor** tensors, int n, int root) {
+  LEWEL_GUARD({
+    auto& g = current();
+    std::vector<c10::intrusive_ptr<c10d::Work>> works;
+    for (int i = 0; i < n; ++i) {
+      std::vector<at::Tensor> v{*tensors[i]};
+      c10d::BroadcastOptions o;
+      o.rootRank = root;
+      works.push_back(g.backend->broadcast(v, o));
+    }
+    wait_all(works);
+  })
+}
+
+// out = the ranks' `in` concatenated along dim 0, in rank order (no gradient).
+int lewel_dist_allgather(at::Tensor* in, at::Tensor** out) {
+  LEWEL_GUARD({
+    auto& g = current();
+    auto x = in->contiguous();
+    auto sizes = x.sizes().vec();
+    sizes[0] *= g.world;
+    auto y = at::empty(sizes, x.options());
+    std::vector<c10::intrusive_ptr<c10d::Work>> works{g.backend->_allgather_base(y, x)};
+    wait_all(works);
+    *out = new at::Tensor(std::move(y));
+  })
+}
+
+// out = sum over the ranks of `in`, differentiable (the backward sums the gradients over the ranks).
+int lewel_dist_allreduce_autograd(at::Tensor* in, at::Tensor** out) {
+  LEWEL_GUARD({ *out = new at::Tensor(AllReduceSum::apply(*in)); })
+}
+
+int lewel_dist_barrier() {
+  LEWEL_GUARD({
+    std::vector<c10::intrusive_ptr<c10d::Work>> works{current().backend->barrier()};
+    wait_all(works);
+  })
+}
+
+// Leaves the group (rank 0's store goes with it).
+void lewel_dist_shutdown() {
+  if (group != nullptr) {
+    try {
+      group->backend->shutdown();
+    } catch (...) {
+    }
+    delete group;
+    group = nullptr;
+  }
+}
+
+// Autocast on device type `device` (0 CPU, 1 CUDA) with `dtype` (an at::ScalarType, as tch's Kind numbers them);
+// the previous state goes to *prev_enabled / *prev_dtype for lewel_autocast_exit.
+int lewel_autocast_enter(int device, int dtype, int* prev_enabled, int* prev_dtype) {
+  LEWEL_GUARD({
+    auto dt = device_type(device);
+    *prev_enabled = at::autocast::is_autocast_enabled(dt) ? 1 : 0;
+    *prev_dtype = static_cast<int>(at::autocast::get_autocast_dtype(dt));
+    at::autocast::set_autocast_enabled(dt, true);
+    at::autocast::set_autocast_dtype(dt, static_cast<at::ScalarType>(dtype));
+    at::autocast::increment_nesting();
+  })
+}
+
+int lewel_autocast_exit(int device, int prev_enabled, int prev_dtype) {
+  LEWEL_GUARD({
+    auto dt = device_type(device);
+    if (at::autocast::decrement_nesting() == 0) {
+      at::autocast::clear_cache();
+    }
+    at::autocast::set_autocast_enabled(dt, prev_enabled != 0);
+    at::autocast::set_autocast_dtype(dt, static_cast<at::ScalarType>(prev_dtype));
+  })
+}
+
+// GradScaler's unscale: grads *= inv_scale in place; found_inf (a 1-element float tensor) becomes 1 if any
+// gradient holds an inf or NaN.
+int lewel_amp_unscale(at::Tensor** grads, int n, at::Tensor* found_inf, at::Tensor* inv_scale) {
+  LEWEL_GUARD({
+    std::vector<at::Tensor> v;
+    v.reserve(n);
+    for (int i = 0; i < n; ++i) {
+      v.push_back(*grads[i]);
+    }
+    at::_amp_foreach_non_finite_check_and_unscale_(v, *found_inf, *inv_scale);
+  })
+}
+
+// *out = `in` in channels-last (channels_last != 0) or the default contiguous memory format.
+int lewel_memory_format(at::Tensor* in, int channels_last, at::Tensor** out) {
+  LEWEL_GUARD({
+    auto f = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+    *out = new at::Tensor(in->contiguous(f));
+  })
+}
+
+int lewel_is_channels_last(at::Tensor* in) { return in->is_contiguous(at::MemoryFormat::ChannelsLast) ? 1 : 0; }
+
+} // extern "C"

@@ -1,0 +1,272 @@
+//! Safe wrappers over `cpp/shim.cpp`: the libtorch C++ entry points that tch does not wrap.
+//!
+//! - [`dist`]: one c10d process group per process (Gloo on CPU, NCCL on CUDA), joined through a TCPStore, with the
+//!   collectives data-parallel training needs, including an all-reduce autograd differentiates (SyncBatchNorm);
+//! - [`amp`]: autocast on the CPU or CUDA (tch's own `autocast` only toggles CUDA) and GradScaler's unscale kernel;
+//! - [`to_memory_format`]: channels-last.
+//!
+//! Tensors cross the boundary as `at::Tensor*` (tch's `C_tensor`); the C++ side never keeps them.
+
+use std::ffi::{c_char, c_int, CStr, CString};
+use std::fmt;
+use std::time::Duration;
+
+use tch::{Kind, Tensor};
+use torch_sys::C_tensor;
+
+extern "C" {
+    fn lewel_shim_last_error() -> *const c_char;
+    fn lewel_shim_has_nccl() -> c_int;
+    fn lewel_dist_init(
+        backend: *const c_char,
+        addr: *const c_char,
+        port: c_int,
+        rank: c_int,
+        world: c_int,
+        timeout_ms: i64,
+        cuda_device: c_int,
+    ) -> c_int;
+    fn lewel_dist_allreduce(tensors: *const *mut C_tensor, n: c_int, average: c_int) -> c_int;
+    fn lewel_dist_broadcast(tensors: *const *mut C_tensor, n: c_int, root: c_int) -> c_int;
+    fn lewel_dist_allgather(input: *mut C_tensor, out: *mut *mut C_tensor) -> c_int;
+    fn lewel_dist_allreduce_autograd(input: *mut C_tensor, out: *mut *mut C_tensor) -> c_int;
+    fn lewel_dist_barrier() -> c_int;
+    fn lewel_dist_shutdown();
+    fn lewel_autocast_enter(device: c_int, dtype: c_int, prev_enabled: *mut c_int, prev_dtype: *mut c_int) -> c_int;
+    fn lewel_autocast_exit(device: c_int, prev_enabled: c_int, prev_dtype: c_int) -> c_int;
+    fn lewel_amp_unscale(grads: *const *mut C_tensor, n: c_int, found_inf: *mut C_tensor, inv: *mut C_tensor) -> c_int;
+    fn lewel_memory_format(input: *mut C_tensor, channels_last: c_int, out: *mut *mut C_tensor) -> c_int;
+    fn lewel_is_channels_last(input: *mut C_tensor) -> c_int;
+}
+
+/// A C++ exception from libtorch, with its message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error(pub String);
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // libtorch messages carry a C++ backtrace after the first lines; keep the message part.
+        let msg = self.0.split("\nException raised from").next().unwrap_or(&self.0);
+        f.write_str(msg.trim_end())
+    }
+}
+
+impl std::error::Error for Error {}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+fn check(rc: c_int) -> Result<()> {
+    if rc == 0 {
+        return Ok(());
+    }
+    // SAFETY: the shim returns a pointer into its thread-local error string, valid until the next failing call.
+    let msg = unsafe { CStr::from_ptr(lewel_shim_last_error()) };
+    Err(Error(msg.to_string_lossy().into_owned()))
+}
+
+fn ptr(t: &Tensor) -> *mut C_tensor {
+    t.as_ptr() as *mut C_tensor
+}
+
+fn ptrs(ts: &[Tensor]) -> Vec<*mut C_tensor> {
+    ts.iter().map(ptr).collect()
+}
+
+fn cstring(s: &str) -> Result<CString> {
+    CString::new(s).map_err(|_| Error(format!("{s:?} holds a NUL byte")))
+}
+
+fn count(n: usize) -> Result<c_int> {
+    c_int::try_from(n).map_err(|_| Error(format!("too many tensors: {n}")))
+}
+
+/// Tensor from a pointer the shim allocated.
+///
+/// # Safety
+/// `p` must be a fresh `at::Tensor*` from the shim (ownership passes to the returned tensor).
+unsafe fn owned(p: *mut C_tensor) -> Tensor {
+    // SAFETY: guaranteed by the caller.
+    unsafe { Tensor::from_ptr(p) }
+}
+
+/// One c10d process group per process.
+pub mod dist {
+    use super::*;
+
+    /// Whether this build can make NCCL process groups (CUDA); Gloo is always there.
+    pub fn has_nccl() -> bool {
+        // SAFETY: no arguments, no state.
+        unsafe { lewel_shim_has_nccl() != 0 }
+    }
+
+    /// Joins the group: `rank` 0 hosts the TCPStore at `addr:port` and every rank connects to it, waiting up to
+    /// `timeout`, which also bounds every collective. `backend`: `"gloo"` or `"nccl"` (bound to CUDA device
+    /// `cuda_device`).
+    pub fn init(
+        backend: &str,
+        addr: &str,
+        port: u16,
+        rank: usize,
+        world: usize,
+        timeout: Duration,
+        cuda_device: usize,
+    ) -> Result<()> {
+        let (b, a) = (cstring(backend)?, cstring(addr)?);
+        let ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+        // SAFETY: valid C strings that outlive the call; integers by value.
+        check(unsafe {
+            lewel_dist_init(b.as_ptr(), a.as_ptr(), port.into(), count(rank)?, count(world)?, ms, count(cuda_device)?)
+        })
+    }
+
+    /// Sums each tensor in place over the ranks (`average`: then divides by the world size). The tensors must be
+    /// dense and contiguous; the reductions run concurrently.
+    pub fn allreduce(tensors: &[Tensor], average: bool) -> Result<()> {
+        let p = ptrs(tensors);
+        // SAFETY: the pointers are live tensors borrowed for the call.
+        check(unsafe { lewel_dist_allreduce(p.as_ptr(), count(p.len())?, average.into()) })
+    }
+
+    /// Copies rank `root`'s values into each tensor, in place, on every rank.
+    pub fn broadcast(tensors: &[Tensor], root: usize) -> Result<()> {
+        let p = ptrs(tensors);
+        // SAFETY: as above.
+        check(unsafe { lewel_dist_broadcast(p.as_ptr(), count(p.len())?, count(root)?) })
+    }
+
+    /// The ranks' `t` concatenated along dim 0, in rank order (no gradient).
+    pub fn allgather(t: &Tensor) -> Result<Tensor> {
+        let mut out = std::ptr::null_mut();
+        // SAFETY: `t` is live for the call; on success `out` is a fresh tensor we now own.
+        check(unsafe { lewel_dist_allgather(ptr(t), &mut out) })?;
+        Ok(unsafe { owned(out) })
+    }
+
+    /// The sum of `t` over the ranks, differentiable: its backward sums the incoming gradients over the ranks (so
+    /// every rank's loss reaches every rank's inputs, as SyncBatchNorm needs).
+    pub fn allreduce_autograd(t: &Tensor) -> Result<Tensor> {
+        let mut out = std::ptr::null_mut();
+        // SAFETY: as for allgather.
+        check(unsafe { lewel_dist_allreduce_autograd(ptr(t), &mut out) })?;
+        Ok(unsafe { owned(out) })
+    }
+
+    /// Waits for every rank.
+    pub fn barrier() -> Result<()> {
+        // SAFETY: no arguments.
+        check(unsafe { lewel_dist_barrier() })
+    }
+
+    /// Leaves the group (a no-op without one).
+    pub fn shutdown() {
+        // SAFETY: no arguments; idempotent.
+        unsafe { lewel_dist_shutdown() }
+    }
+}
+
+/// Mixed precision: autocast on any device type and GradScaler's unscale.
+pub mod amp {
+    use super::*;
+
+    /// Autocast is on (for `cuda` or the CPU, in `kind`) while this lives; dropping it restores the previous state.
+    #[must_use = "autocast ends when the guard is dropped"]
+    pub struct AutocastGuard {
+        device: c_int,
+        prev_enabled: c_int,
+        prev_dtype: c_int,
+    }
+
+    /// Starts autocast to `kind` (`Kind::BFloat16` or `Kind::Half`) on the CUDA (`cuda`) or CPU device type.
+    pub fn autocast(cuda: bool, kind: Kind) -> Result<AutocastGuard> {
+        let device = c_int::from(cuda);
+        // at::ScalarType numbers.
+        let dtype = match kind {
+            Kind::Half => 5,
+            Kind::BFloat16 => 15,
+            other => return Err(Error(format!("autocast to {other:?}: only Half and BFloat16"))),
+        };
+        let (mut prev_enabled, mut prev_dtype) = (0, 0);
+        // SAFETY: out-pointers to locals.
+        check(unsafe { lewel_autocast_enter(device, dtype, &mut prev_enabled, &mut prev_dtype) })?;
+        Ok(AutocastGuard { device, prev_enabled, prev_dtype })
+    }
+
+    impl Drop for AutocastGuard {
+        fn drop(&mut self) {
+            // SAFETY: integers by value. It cannot fail short of a libtorch bug; nothing to do then.
+            let _ = check(unsafe { lewel_autocast_exit(self.device, self.prev_enabled, self.prev_dtype) });
+        }
+    }
+
+    /// Multiplies every gradient by `inv_scale` (a 1-element float tensor) in place and sets `found_inf` (a
+    /// 1-element float tensor, initially 0) to 1 when any of them holds an inf or NaN: libtorch's
+    /// `_amp_foreach_non_finite_check_and_unscale_`, the kernel of PyTorch's GradScaler. All tensors on one device.
+    pub fn unscale(grads: &[Tensor], found_inf: &Tensor, inv_scale: &Tensor) -> Result<()> {
+        let p = ptrs(grads);
+        // SAFETY: live tensors borrowed for the call.
+        check(unsafe { lewel_amp_unscale(p.as_ptr(), count(p.len())?, ptr(found_inf), ptr(inv_scale)) })
+    }
+}
+
+/// `t` in channels-last (NHWC strides) or, with `channels_last = false`, the default contiguous format. 4-D only
+/// for channels-last; other tensors come back unchanged.
+pub fn to_memory_format(t: &Tensor, channels_last: bool) -> Result<Tensor> {
+    if channels_last && t.dim() != 4 {
+        return Ok(t.shallow_clone());
+    }
+    let mut out = std::ptr::null_mut();
+    // SAFETY: `t` live for the call; `out` a fresh tensor on success.
+    check(unsafe { lewel_memory_format(ptr(t), c_int::from(channels_last), &mut out) })?;
+    Ok(unsafe { owned(out) })
+}
+
+/// Whether `t` is laid out channels-last.
+pub fn is_channels_last(t: &Tensor) -> bool {
+    // SAFETY: `t` live for the call.
+    unsafe { lewel_is_channels_last(ptr(t)) != 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    #[test]
+    fn channels_last_round_trip() {
+        let x = Tensor::arange(2 * 3 * 4 * 5, (Kind::Float, Device::Cpu)).view([2, 3, 4, 5]);
+        let y = to_memory_format(&x, true).unwrap();
+        assert!(is_channels_last(&y) && !is_channels_last(&x));
+        assert_eq!(y.stride(), [60, 1, 15, 3]);
+        assert!(y.equal(&x));
+        let z = to_memory_format(&y, false).unwrap();
+        assert_eq!(z.stride(), [60, 20, 5, 1]);
+    }
+
+    #[test]
+    fn cpu_autocast_runs_matmul_in_bf16_and_restores() {
+        let a = Tensor::ones([4, 4], (Kind::Float, Device::Cpu));
+        {
+            let _g = amp::autocast(false, Kind::BFloat16).unwrap();
+            assert_eq!(a.matmul(&a).kind(), Kind::BFloat16);
+        }
+        assert_eq!(a.matmul(&a).kind(), Kind::Float);
+    }
+
+    #[test]
+    fn unscale_finds_inf_and_scales() {
+        let g = [Tensor::from_slice(&[2.0f32, 4.0]), Tensor::from_slice(&[f32::INFINITY])];
+        let found = Tensor::zeros([1], (Kind::Float, Device::Cpu));
+        let inv = Tensor::from_slice(&[0.5f32]);
+        amp::unscale(&g[..1], &found, &inv).unwrap();
+        assert_eq!(Vec::<f32>::try_from(&g[0]).unwrap(), [1.0, 2.0]);
+        assert_eq!(found.double_value(&[0]), 0.0);
+        amp::unscale(&g, &found, &inv).unwrap();
+        assert_eq!(found.double_value(&[0]), 1.0);
+    }
+
+    #[test]
+    fn collectives_without_a_group_are_errors() {
+        let e = dist::allreduce(&[Tensor::ones([2], (Kind::Float, Device::Cpu))], true).unwrap_err();
+        assert!(e.to_string().contains("no process group"), "{e}");
+    }
+}
