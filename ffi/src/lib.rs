@@ -1,9 +1,9 @@
 //! Safe wrappers over `cpp/shim.cpp`: the libtorch C++ entry points that tch does not wrap.
 //!
-//! - [`dist`]: one c10d process group per process (Gloo on CPU, NCCL on CUDA), joined through a TCPStore, with the
+//! - [`dist`], one c10d process group per process (Gloo on CPU, NCCL on CUDA), joined through a TCPStore, with the
 //!   collectives data-parallel training needs, including an all-reduce autograd differentiates (SyncBatchNorm);
-//! - [`amp`]: autocast on the CPU or CUDA (tch's own `autocast` only toggles CUDA) and GradScaler's unscale kernel;
-//! - [`to_memory_format`]: channels-last.
+//! - [`amp`], autocast on the CPU or CUDA (tch's own `autocast` only toggles CUDA) and GradScaler's unscale kernel;
+//! - [`to_memory_format`], for channels-last.
 //!
 //! Tensors cross the boundary as `at::Tensor*` (tch's `C_tensor`); the C++ side never keeps them.
 
