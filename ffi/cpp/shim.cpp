@@ -104,21 +104,22 @@ int lewel_shim_has_nccl() {
 #endif
 }
 
-// Joins the group: rank 0 hosts the TCPStore at addr:port; `backend` is "gloo" or "nccl"; `cuda_device` is the
-// device NCCL binds (ignored by Gloo). GLOO_SOCKET_IFNAME picks Gloo's interface, as in PyTorch.
+// Joins the group: the TCPStore at addr:port is hosted by rank 0 (rank0_hosts != 0) or by someone else (torchrun's
+// agent); the group's keys live under `prefix`. `backend` is "gloo" or "nccl"; `cuda_device` is the device NCCL
+// binds (ignored by Gloo). GLOO_SOCKET_IFNAME picks Gloo's interface, as in PyTorch.
 int lewel_dist_init(const char* backend, const char* addr, int port, int rank, int world, int64_t timeout_ms,
-                    int cuda_device) {
+                    int cuda_device, int rank0_hosts, const char* prefix) {
   LEWEL_GUARD({
     TORCH_CHECK(group == nullptr, "the process group is already initialised");
     auto timeout = std::chrono::milliseconds(timeout_ms);
     c10d::TCPStoreOptions so;
     so.port = static_cast<std::uint16_t>(port);
-    so.isServer = rank == 0;
+    so.isServer = rank0_hosts != 0 && rank == 0;
     so.numWorkers = static_cast<std::size_t>(world);
     so.waitWorkers = true;
     so.timeout = timeout;
     auto tcp = c10::make_intrusive<c10d::TCPStore>(std::string(addr), so);
-    auto store = c10::make_intrusive<c10d::PrefixStore>("lewel/default_pg", tcp);
+    auto store = c10::make_intrusive<c10d::PrefixStore>(std::string(prefix) + "/default_pg", tcp);
     auto g = std::make_unique<Group>();
     g->store = tcp;
     g->rank = rank;

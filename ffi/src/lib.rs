@@ -25,6 +25,8 @@ extern "C" {
         world: c_int,
         timeout_ms: i64,
         cuda_device: c_int,
+        rank0_hosts: c_int,
+        prefix: *const c_char,
     ) -> c_int;
     fn lewel_dist_allreduce(tensors: *const *mut C_tensor, n: c_int, average: c_int) -> c_int;
     fn lewel_dist_broadcast(tensors: *const *mut C_tensor, n: c_int, root: c_int) -> c_int;
@@ -99,9 +101,11 @@ pub mod dist {
         unsafe { lewel_shim_has_nccl() != 0 }
     }
 
-    /// Joins the group: `rank` 0 hosts the TCPStore at `addr:port` and every rank connects to it, waiting up to
-    /// `timeout`, which also bounds every collective. `backend`: `"gloo"` or `"nccl"` (bound to CUDA device
+    /// Joins the group: every rank connects to the TCPStore at `addr:port`, which rank 0 hosts when
+    /// `rank0_hosts` (else someone else does, as torchrun's agent), waiting up to `timeout`, which also bounds every
+    /// collective; the group's keys go under `prefix`. `backend`: `"gloo"` or `"nccl"` (bound to CUDA device
     /// `cuda_device`).
+    #[allow(clippy::too_many_arguments)]
     pub fn init(
         backend: &str,
         addr: &str,
@@ -110,12 +114,15 @@ pub mod dist {
         world: usize,
         timeout: Duration,
         cuda_device: usize,
+        rank0_hosts: bool,
+        prefix: &str,
     ) -> Result<()> {
-        let (b, a) = (cstring(backend)?, cstring(addr)?);
+        let (b, a, p) = (cstring(backend)?, cstring(addr)?, cstring(prefix)?);
         let ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+        let (rank, world, dev) = (count(rank)?, count(world)?, count(cuda_device)?);
         // SAFETY: valid C strings that outlive the call; integers by value.
         check(unsafe {
-            lewel_dist_init(b.as_ptr(), a.as_ptr(), port.into(), count(rank)?, count(world)?, ms, count(cuda_device)?)
+            lewel_dist_init(b.as_ptr(), a.as_ptr(), port.into(), rank, world, ms, dev, rank0_hosts.into(), p.as_ptr())
         })
     }
 

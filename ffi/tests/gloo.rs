@@ -14,7 +14,7 @@ fn free_port() -> u16 {
 }
 
 fn rank_body(rank: usize, port: u16) {
-    dist::init("gloo", "127.0.0.1", port, rank, 2, Duration::from_secs(30), 0).unwrap();
+    dist::init("gloo", "127.0.0.1", port, rank, 2, Duration::from_secs(30), 0, true, "test").unwrap();
     let r = rank as f32;
     // sum and average
     let a = Tensor::from_slice(&[1.0 + r, 10.0 * r]);

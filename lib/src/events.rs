@@ -149,6 +149,16 @@ pub trait EventSink: Send {
     fn emit(&mut self, event: &Event) -> Result<(), LewelError>;
 }
 
+/// A sink that drops every event (the ranks other than 0 of a data-parallel run).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DiscardSink;
+
+impl EventSink for DiscardSink {
+    fn emit(&mut self, _event: &Event) -> Result<(), LewelError> {
+        Ok(())
+    }
+}
+
 /// A sink that keeps events in memory (tests, and library callers that want to inspect them).
 #[derive(Debug, Default, Clone)]
 pub struct MemorySink {

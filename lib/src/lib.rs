@@ -16,6 +16,7 @@ pub mod alloc;
 pub mod ckpt;
 pub mod cli;
 pub mod data;
+pub mod dist;
 pub mod ema;
 pub mod embed;
 pub mod error;

@@ -147,7 +147,10 @@ impl Source {
                     drop_last: true,
                     strict: *strict,
                 };
-                Source::Data(crate::data::TwoViewLoader::new(data, (**recipe).clone(), lc)?)
+                Source::Data(
+                    crate::data::TwoViewLoader::new(data, (**recipe).clone(), lc)?
+                        .with_shard(crate::dist::rank(), crate::dist::world())?,
+                )
             }
         })
     }
@@ -187,7 +190,9 @@ impl Source {
     fn epoch(&self, epoch: u64, start: usize, batch: usize) -> Box<dyn Iterator<Item = Result<SourceBatch>> + '_> {
         match self {
             Source::Views(v) => Box::new((start..v.len() / batch).map(move |k| {
-                let b = v.data.narrow(0, (k * batch) as i64, batch as i64); // [b, 2, 3, h, w]
+                // this rank's contiguous slice of the global batch k
+                let local = batch / crate::dist::world();
+                let b = v.data.narrow(0, (k * batch + crate::dist::rank() * local) as i64, local as i64); // [b, 2, 3, h, w]
                 Ok(SourceBatch {
                     v1: b.select(1, 0).contiguous(),
                     v2: b.select(1, 1).contiguous(),
@@ -346,6 +351,12 @@ pub trait TrainTask {
     fn state(&self) -> Vec<(String, Tensor)>;
     /// Restores [`TrainTask::state`] from a checkpoint read from `path`.
     fn load_state(&mut self, tensors: &HashMap<String, Tensor>, path: &std::path::Path) -> Result<()>;
+    /// Makes every rank's state rank 0's (data parallelism; called before the first step). The default copies all
+    /// of [`TrainTask::state`].
+    fn broadcast_state(&mut self) -> Result<()> {
+        let tensors: Vec<Tensor> = self.state().into_iter().map(|(_, t)| t).collect();
+        crate::dist::broadcast_from_main(&tensors)
+    }
     /// The periodic evaluation after epoch `epoch` (0-based): fields of the `eval` event, or None. It must not
     /// change the training state.
     fn evaluate(&mut self, epoch: u64, sink: &mut dyn EventSink) -> Result<Option<serde_json::Map<String, Value>>> {
@@ -415,6 +426,14 @@ pub fn train_loop<B>(
     if source.len() < lc.batch_size {
         bail!("--batch-size {} is larger than the data set ({} images); lower it", lc.batch_size, source.len());
     }
+    if lc.batch_size % crate::dist::world() != 0 {
+        return Err(LewelError::Usage(format!(
+            "--batch-size {} (the global batch) must be a multiple of the {} processes",
+            lc.batch_size,
+            crate::dist::world()
+        ))
+        .into());
+    }
     let spe = (source.len() / lc.batch_size) as u64;
     let total = spe * lc.epochs;
 
@@ -434,11 +453,13 @@ pub fn train_loop<B>(
         }
         resumed_from = Some(loaded.path.display().to_string());
     }
+    task.broadcast_state()?;
 
     let mut start = Event::new(tool, "start")
         .int("seed", lc.seed as i64)
         .str("git_revision", crate::GIT_REVISION)
         .str("device", format!("{:?}", opts.device))
+        .int("processes", crate::dist::world() as i64)
         .int("steps_per_epoch", spe as i64)
         .int("total_steps", total as i64)
         .int("start_step", start_step as i64);
@@ -454,6 +475,10 @@ pub fn train_loop<B>(
                 sink: &mut dyn EventSink|
      -> Result<PathBuf> {
         let epoch = step / spe.max(1);
+        if !crate::dist::is_main() {
+            // rank 0 alone writes (the state is the same on every rank)
+            return Ok(run_dir.ckpt_dir().join(ckpt::file_name(step)));
+        }
         let mut info = serde_json::json!({"config": lc.config, "seed": lc.seed, "epoch_end": epoch_end});
         if !evals.is_empty() {
             info["evals"] = serde_json::to_value(evals)?;
@@ -576,7 +601,8 @@ pub fn train_loop<B>(
         }
         let due = (lc.ckpt_every_steps > 0 && step % lc.ckpt_every_steps == 0)
             || (epoch_end && lc.ckpt_every_epochs > 0 && (step / spe) % lc.ckpt_every_epochs == 0);
-        let interrupted = signals::requested();
+        // every rank stops at the same step (a signal may reach the ranks at different times)
+        let interrupted = crate::dist::any(signals::requested())?;
         if (due || interrupted || step == stop_at) && last_saved != Some(step) {
             last_path = Some(save(step, epoch_end, &*task, &evals, sink)?);
             last_saved = Some(step);
@@ -588,6 +614,7 @@ pub fn train_loop<B>(
     }
     let path = match last_path {
         Some(p) => p,
+        None if !crate::dist::is_main() => run_dir.ckpt_dir().join(ckpt::LATEST),
         None => ckpt::resolve(&run_dir.ckpt_dir().join(ckpt::LATEST))?,
     };
     sink.emit(
@@ -655,6 +682,10 @@ struct PretrainTask<'a> {
     opt: Optimizer,
     device: Device,
     monitor: Option<crate::monitor::KnnMonitor>,
+    /// Data parallelism: the BN running statistics (broadcast from rank 0 before each step, as DDP does) and
+    /// the trainable parameters (gradients averaged over the ranks). Empty on one process.
+    bn_buffers: Vec<Tensor>,
+    params: Vec<Tensor>,
 }
 
 impl TrainTask for PretrainTask<'_> {
@@ -664,25 +695,34 @@ impl TrainTask for PretrainTask<'_> {
         let (v1, v2) = (v1.to_device(self.device), v2.to_device(self.device));
         let lr = ctx.lr(self.cfg.lr);
         let m = self.cfg.ema_schedule.momentum(self.cfg.ema_momentum, ctx.step, ctx.total_steps);
+        crate::dist::broadcast_from_main(&self.bn_buffers)?;
         let terms = self.model.forward_loss(&v1, &v2)?;
         let loss = terms.total.to_kind(Kind::Double).double_value(&[]);
+        // the mean over the ranks (so every rank sees a divergence at the same step); identity on one process
+        let (loss, terms_global, terms_aligned, terms_std) = if crate::dist::active() {
+            let v = crate::dist::mean(&[loss, terms.global, terms.aligned, terms.collapse_std])?;
+            (v[0], v[1], v[2], v[3])
+        } else {
+            (loss, terms.global, terms.aligned, terms.collapse_std)
+        };
         if !loss.is_finite() {
             return Ok(StepOut { loss, lr, fields: Vec::new() });
         }
         // The same three calls as `model::train_step` (which the golden tests use); inlined here
         // because the loss is checked for divergence before the step is taken.
         self.opt.zero_grad();
-        terms.total.backward();
+        terms.total.f_backward().map_err(|e| anyhow::anyhow!("{e}"))?;
+        crate::dist::average_gradients(&self.params)?;
         self.opt.step(lr);
         self.model.momentum_update(m);
         Ok(StepOut {
             loss,
             lr,
             fields: vec![
-                ("loss_global", terms.global),
-                ("loss_aligned", terms.aligned),
+                ("loss_global", terms_global),
+                ("loss_aligned", terms_aligned),
                 ("ema_momentum", m),
-                ("collapse_std", terms.collapse_std),
+                ("collapse_std", terms_std),
             ],
         })
     }
@@ -728,7 +768,10 @@ pub fn run(
         None => None,
     };
 
-    let (_vs, model, opt) = build(cfg, opts.device)?;
+    // Data parallelism: each rank builds the model with its share of the global batch's BN slices.
+    let local = local_model(&cfg.model)?;
+    crate::model::batchnorm::set_sync(cfg.model.sync_bn);
+    let (_vs, model, opt) = build(&PretrainConfig { model: local, ..cfg.clone() }, opts.device)?;
     if !opts.resume {
         if let Some(init) = &cfg.init {
             let tensors: HashMap<String, Tensor> = ckpt::read_safetensors(init)?.into_iter().collect();
@@ -749,7 +792,7 @@ pub fn run(
                 ),
             ))?;
         }
-    } else {
+    } else if crate::dist::is_main() {
         run_dir.write_config(&serde_json::json!({ "pretrain": cfg_json, "data": described }))?;
     }
     let lc = LoopConfig {
@@ -770,8 +813,45 @@ pub fn run(
             m
         },
     };
-    let mut task = PretrainTask { cfg, model, opt, device: opts.device, monitor };
+    let (bn_buffers, params) = if crate::dist::active() {
+        let bufs = model.state_dict().into_iter().filter(|(k, _)| k.contains(".running_")).map(|(_, t)| t).collect();
+        (bufs, model.trainable().into_iter().map(|(_, t)| t).collect())
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    let mut task = PretrainTask { cfg, model, opt, device: opts.device, monitor, bn_buffers, params };
     Ok(train_loop(&lc, &source, &mut task, opts, run_dir, sink, progress)?.checkpoint)
+}
+
+/// The model configuration of this rank: `bn_splits` counts slices of the global batch, so each of N ranks
+/// normalises `bn_splits / N` slices of its own (1 when `bn_splits` is 1: per-device BN, as DDP without SyncBN).
+/// LEWEL_M and MoCo v2 (the key queue and ShuffleBN across ranks) are not data-parallel yet.
+fn local_model(m: &ModelConfig) -> Result<ModelConfig> {
+    let world = crate::dist::world() as i64;
+    if world == 1 {
+        return Ok(m.clone());
+    }
+    if !matches!(m.method, crate::model::Method::LewelB | crate::model::Method::Byol) {
+        return Err(LewelError::NotImplemented {
+            what: format!(
+                "{:?} on several processes (its key queue and ShuffleBN need an all-gather across ranks; run it as one process)",
+                m.method
+            ),
+            issue: 10,
+        }
+        .into());
+    }
+    let splits = match m.bn_splits {
+        1 => 1,
+        s if s % world == 0 => s / world,
+        s => {
+            return Err(LewelError::Usage(format!(
+                "--bn-splits {s} counts slices of the global batch: it must be 1 or a multiple of the {world} processes"
+            ))
+            .into())
+        }
+    };
+    Ok(ModelConfig { bn_splits: splits, ..m.clone() })
 }
 
 /// The evaluation transform of the kNN monitor: the training recipe's (its `eval_resize` / `eval_crop`), else the
@@ -924,6 +1004,7 @@ pub fn preset(name: &str) -> Result<PretrainConfig> {
         alpha: 0.5,
         ema: EmaMode::Eman,
         bn_splits: 1,
+        sync_bn: false,
         temperature: 0.2,
         queue_size: 4096,
     };
@@ -977,7 +1058,7 @@ pub fn preset(name: &str) -> Result<PretrainConfig> {
     Ok(match name {
         "in1k-lewelb-eman-200ep" => base,
         "in1k-lewelb-syncbn-400ep" => PretrainConfig {
-            model: ModelConfig { ema: EmaMode::Params, bn_splits: 1, ..official },
+            model: ModelConfig { ema: EmaMode::Params, bn_splits: 1, sync_bn: true, ..official },
             optim: lars(1e-6, EmaMode::Params),
             lr: 7.2,
             epochs: 400,

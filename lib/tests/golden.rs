@@ -89,6 +89,7 @@ fn build_on(dev: Device, arch: Arch, ema: EmaMode, kind: Kind, k: i64, hid: i64)
         alpha: 0.5,
         ema,
         bn_splits: 1,
+        sync_bn: false,
         temperature: 0.2,
         queue_size: 65536,
     };

@@ -247,6 +247,8 @@ pub struct TwoViewLoader {
     cfg: LoaderConfig,
     pool: Arc<rayon::ThreadPool>,
     buffers: Arc<BufferPool>,
+    /// (rank, world): this process makes the rank-th of `world` equal contiguous slices of every batch.
+    shard: (usize, usize),
 }
 
 /// What one item of a two-view batch came to.
@@ -281,7 +283,22 @@ impl TwoViewLoader {
             .into());
         }
         let pool = build_pool(cfg.threads)?;
-        Ok(TwoViewLoader { dataset, recipe: Arc::new(recipe), cfg, pool, buffers: Arc::default() })
+        Ok(TwoViewLoader { dataset, recipe: Arc::new(recipe), cfg, pool, buffers: Arc::default(), shard: (0, 1) })
+    }
+
+    /// Makes this loader produce only the `rank`-th of `world` equal contiguous slices of every batch (data
+    /// parallelism: the batch of the steps is the global one, and the slices of all ranks together are exactly the
+    /// batch one process would make, views included). The batch size must be a multiple of `world`.
+    pub fn with_shard(mut self, rank: usize, world: usize) -> Result<TwoViewLoader> {
+        if world == 0 || rank >= world || self.cfg.batch_size % world != 0 {
+            return Err(crate::LewelError::Usage(format!(
+                "the batch size {} must be a multiple of the {world} processes",
+                self.cfg.batch_size
+            ))
+            .into());
+        }
+        self.shard = (rank, world);
+        Ok(self)
     }
 
     /// The data set.
@@ -343,9 +360,12 @@ impl TwoViewLoader {
         let (ds, recipe, cfg) = (self.dataset.clone(), self.recipe.clone(), self.cfg.clone());
         let buffers = self.buffers.clone();
         let steps = start_step.min(self.steps_per_epoch())..self.steps_per_epoch();
+        let (rank, world) = self.shard;
         Batches::spawn(self.pool.clone(), steps, cfg.prefetch, move |step| {
-            let lo = step * cfg.batch_size;
-            let hi = (lo + cfg.batch_size).min(order.len());
+            let (global_lo, global_hi) = (step * cfg.batch_size, ((step + 1) * cfg.batch_size).min(order.len()));
+            let per_rank = (global_hi - global_lo).div_ceil(world);
+            let lo = (global_lo + rank * per_rank).min(global_hi);
+            let hi = (lo + per_rank).min(global_hi);
             let s = recipe.size as usize;
             let per = 3 * s * s;
             let mut v1 = buffers.take((hi - lo) * per);

@@ -8,6 +8,8 @@
 //! `num_batches_tracked` (int64). Momentum 0.1, eps 1e-5; the biased batch variance normalises, the unbiased one
 //! enters `running_var` (both done by libtorch's `batch_norm` kernel, the one PyTorch itself calls).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use anyhow::{bail, Result};
 use tch::{nn::Path, Kind, Tensor};
 
@@ -17,6 +19,20 @@ use super::StateEntry;
 pub const BN_MOMENTUM: f64 = 0.1;
 /// PyTorch's default BN epsilon.
 pub const BN_EPS: f64 = 1e-5;
+
+static SYNC: AtomicBool = AtomicBool::new(false);
+
+/// Makes every train-mode BatchNorm of this process normalise with the statistics of the whole global batch,
+/// over all ranks of the process group (SyncBatchNorm, as `convert_sync_batchnorm` does to the whole official
+/// model for the 400-epoch run). Only takes effect with several ranks ([`crate::dist::active`]); then `splits`
+/// must be 1.
+pub fn set_sync(on: bool) {
+    SYNC.store(on, Ordering::Relaxed);
+}
+
+fn sync_active() -> bool {
+    SYNC.load(Ordering::Relaxed) && crate::dist::active()
+}
 
 /// `BatchNorm1d` / `BatchNorm2d` over channel dimension 1 of a 3-D `[b, c, l]` or 4-D `[b, c, h, w]` input.
 #[derive(Debug)]
@@ -84,6 +100,11 @@ impl BatchNorm {
                 true,
             )?);
         }
+        if sync_active() {
+            let out = self.train_sync(x)?;
+            let _ = tch::no_grad(|| self.num_batches_tracked.shallow_clone().f_add_scalar_(1))?;
+            return Ok(out);
+        }
         let b = size[0];
         if b % self.splits != 0 {
             bail!("batch size {b} is not a multiple of bn_splits {}; pick a batch size divisible by it", self.splits);
@@ -107,6 +128,36 @@ impl BatchNorm {
     fn train_slice(&self, x: &Tensor, update: bool) -> Result<Tensor> {
         let (rm, rv) = if update { (Some(&self.running_mean), Some(&self.running_var)) } else { (None, None) };
         Ok(x.f_batch_norm(Some(&self.weight), Some(&self.bias), rm, rv, true, BN_MOMENTUM, BN_EPS, true)?)
+    }
+
+    /// SyncBatchNorm: mean and biased variance per channel over the vectors of every rank (two differentiable
+    /// all-reduces: the sum, then the sum of squared deviations from the global mean, so the variance is as exact
+    /// as one process's two-pass one), in float32 at least; the running statistics get the global mean and the
+    /// unbiased global variance (PyTorch's SyncBatchNorm). Every rank holds the same number of vectors.
+    fn train_sync(&self, x: &Tensor) -> Result<Tensor> {
+        let size = x.size();
+        let kind = if x.kind() == Kind::Double { Kind::Double } else { Kind::Float };
+        let xf = x.f_to_kind(kind)?;
+        let dims: Vec<i64> = (0..size.len() as i64).filter(|&d| d != 1).collect();
+        let mut shape = vec![1i64; size.len()];
+        shape[1] = self.channels;
+        let count = (x.numel() as i64 / self.channels) as f64 * crate::dist::world() as f64;
+        let sum = xf.f_sum_dim_intlist(dims.as_slice(), false, kind)?;
+        let mean = (crate::dist::sum_autograd(&sum)? / count).f_view(shape.as_slice())?;
+        let centred = xf.f_sub(&mean)?;
+        let sq = centred.f_square()?.f_sum_dim_intlist(dims.as_slice(), false, kind)?;
+        let var = crate::dist::sum_autograd(&sq)? / count;
+        let inv = (&var + BN_EPS).f_rsqrt()?.f_view(shape.as_slice())?;
+        let y = centred * inv * self.weight.f_view(shape.as_slice())? + self.bias.f_view(shape.as_slice())?;
+        tch::no_grad(|| -> Result<()> {
+            let m = BN_MOMENTUM;
+            let mean = mean.f_reshape([-1])?.f_to_kind(self.running_mean.kind())?;
+            let var_u = (&var * (count / (count - 1.0).max(1.0))).f_to_kind(self.running_var.kind())?;
+            let _ = self.running_mean.shallow_clone().f_mul_scalar_(1.0 - m)?.f_add_(&(mean * m))?;
+            let _ = self.running_var.shallow_clone().f_mul_scalar_(1.0 - m)?.f_add_(&(var_u * m))?;
+            Ok(())
+        })?;
+        Ok(y.f_to_kind(x.kind())?)
     }
 
     /// The five entries, in PyTorch's `state_dict` order, named `prefix.weight`, ….

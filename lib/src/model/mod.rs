@@ -129,6 +129,11 @@ pub struct ModelConfig {
     /// Ghost-BN slices: every BatchNorm in train mode normalises each of `bn_splits` equal slices of the batch
     /// with its own statistics, like per-GPU BN on `bn_splits` GPUs (1 = ordinary BN over the whole batch).
     pub bn_splits: i64,
+    /// SyncBatchNorm: with several processes, every train-mode BN normalises over the whole global batch
+    /// ([`batchnorm::set_sync`]); `bn_splits` must then be 1. No effect on one process (where BN already sees the
+    /// whole batch).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sync_bn: bool,
     /// τ, the InfoNCE temperature of LEWEL_M and MoCo v2, for both losses (paper 0.2); unused by LEWEL_B / BYOL.
     #[serde(default = "default_temperature")]
     pub temperature: f64,
@@ -161,6 +166,7 @@ impl Default for ModelConfig {
             alpha: 0.5,
             ema: EmaMode::Eman,
             bn_splits: 1,
+            sync_bn: false,
             temperature: default_temperature(),
             queue_size: default_queue_size(),
         }
@@ -180,6 +186,12 @@ impl ModelConfig {
             return bad(format!(
                 "model sizes must be positive (width {}, proj_dim {}, hidden_dim {}, groups {}, bn_splits {})",
                 self.width, self.proj_dim, self.hidden_dim, self.groups, self.bn_splits
+            ));
+        }
+        if self.sync_bn && self.bn_splits != 1 {
+            return bad(format!(
+                "--sync-bn normalises over the whole batch; it cannot go with --bn-splits {} (drop one of them)",
+                self.bn_splits
             ));
         }
         if self.method.has_aligned() {

@@ -146,6 +146,14 @@ struct Args {
     /// BN of 8 GPUs on one device).
     #[arg(long)]
     bn_splits: Option<i64>,
+    /// SyncBatchNorm: with several processes, normalise over the whole global batch (the official 400-epoch
+    /// setting) instead of each process's slice. Cannot go with --bn-splits > 1.
+    #[arg(long)]
+    sync_bn: bool,
+    /// With several processes: seconds a process waits for the others (start-up and every exchange) before it
+    /// gives up with an error.
+    #[arg(long, value_name = "S", default_value_t = lewel::dist::DEFAULT_TIMEOUT_S)]
+    dist_timeout: u64,
     /// A full model state (official naming, .safetensors) to start from.
     #[arg(long, value_name = "FILE")]
     init: Option<PathBuf>,
@@ -228,6 +236,9 @@ impl Args {
         set!(m.alpha, self.alpha);
         set!(m.ema, self.ema);
         set!(m.bn_splits, self.bn_splits);
+        if self.sync_bn {
+            m.sync_bn = true;
+        }
         set!(m.temperature, self.temperature);
         set!(m.queue_size, self.queue_size);
         set!(c.optim.kind, self.optimizer);
@@ -298,7 +309,16 @@ impl Args {
 }
 
 fn run(args: Args) -> Result<()> {
-    let device = args.common.device.resolve()?;
+    // Several processes (torchrun, srun, scripts/launch-local.sh): join the group first; rank 0 alone writes.
+    let launch = lewel::dist::Launch::from_env()?;
+    let device = match &launch {
+        Some(l) => l.device(args.common.device)?,
+        None => args.common.device.resolve()?,
+    };
+    if let Some(l) = &launch {
+        lewel::dist::init(l, device, std::time::Duration::from_secs(args.dist_timeout))?;
+    }
+    let main = lewel::dist::is_main();
     let opts = RunOptions {
         device,
         threads: args.threads,
@@ -338,6 +358,12 @@ fn run(args: Args) -> Result<()> {
             k.validate()?;
         }
         let out = args.run.out.as_ref().expect("clap requires --out without --resume");
+        if !main {
+            // rank 0 creates the folder (and fails alone, clearly, when it holds a run already)
+            lewel::dist::barrier()?;
+            let run_dir = RunDir::open(out)?;
+            return train_with(&args, cfg, run_dir, opts);
+        }
         let run_dir = RunDir::create(out)?;
         if run_dir.config_path().exists() {
             anyhow::bail!(
@@ -346,16 +372,33 @@ fn run(args: Args) -> Result<()> {
             );
         }
         run_dir.write_config(&serde_json::json!({ "pretrain": cfg }))?;
+        lewel::dist::barrier()?;
         (cfg, run_dir)
     };
 
+    train_with(&args, cfg, run_dir, opts)
+}
+
+/// Trains (rank 0 with the events and the progress bar; the other ranks silent) and leaves the process group.
+fn train_with(args: &Args, cfg: PretrainConfig, run_dir: RunDir, opts: RunOptions) -> Result<()> {
     lewel::signals::install();
-    let mut sink = run_dir.event_writer("pretrain")?;
-    let bar = lewel::cli::progress_bar(args.common.quiet, lewel::cli::STEPS_TEMPLATE);
+    let main = lewel::dist::is_main();
+    let mut writer = if main { Some(run_dir.event_writer("pretrain")?) } else { None };
+    let mut discard = lewel::events::DiscardSink;
+    let sink: &mut dyn lewel::events::EventSink = match writer.as_mut() {
+        Some(w) => w,
+        None => &mut discard,
+    };
+    let bar = lewel::cli::progress_bar(args.common.quiet || !main, lewel::cli::STEPS_TEMPLATE);
     let mut progress = |r: &train::StepReport| lewel::cli::show_step(&bar, r);
-    let result = train::run(&cfg, &opts, &run_dir, &mut sink, &mut progress);
+    let result = train::run(&cfg, &opts, &run_dir, sink, &mut progress);
     bar.finish_and_clear();
-    let _ = sink.flush_copy();
+    if let Some(w) = writer.as_mut() {
+        let _ = w.flush_copy();
+    }
+    if result.is_ok() {
+        lewel::dist::shutdown();
+    }
     result.map(|_| ())
 }
 
