@@ -1,0 +1,165 @@
+//! Data parallelism on two Gloo processes over loopback (the test binary re-runs itself as the two ranks, with
+//! `LEWEL_TEST_RANK` / `LEWEL_TEST_PORT` set): the gradients averaged over the ranks equal those of one process on
+//! the whole batch with `bn_splits` 2 (per-rank BN = BN over two slices), and SyncBatchNorm's loss and gradients
+//! equal those of one process on the whole batch with ordinary BN. In float64, so that the tolerances (1e-6 for
+//! the gradients, 1e-5 for the loss) measure the method, not float32 rounding (which alone gives ~1e-6 on
+//! gradients of magnitude 10).
+
+use std::process::Command;
+use std::time::Duration;
+
+use lewel::dist::{self, Launch};
+use lewel::model::{Arch, Lewel, Method, ModelConfig, Stem};
+use tch::{nn::VarStore, Device, Kind, Tensor};
+
+fn cfg(bn_splits: i64) -> ModelConfig {
+    ModelConfig {
+        method: Method::LewelB,
+        arch: Arch::Resnet18,
+        stem: Stem::Cifar,
+        width: 4,
+        proj_dim: 16,
+        hidden_dim: 32,
+        bn_splits,
+        ..ModelConfig::default()
+    }
+}
+
+/// A model with the seed-7 initialisation on this rank's (v1, v2): the loss (mean over the ranks) and the
+/// gradients (averaged over the ranks when `average`) by name.
+fn grads(cfg: &ModelConfig, v1: &Tensor, v2: &Tensor, average: bool) -> (f64, Vec<(String, Tensor)>) {
+    tch::manual_seed(7);
+    let mut vs = VarStore::new(Device::Cpu);
+    vs.set_kind(Kind::Double);
+    let model = Lewel::new(&vs, cfg).unwrap();
+    let terms = model.forward_loss(v1, v2).unwrap();
+    terms.total.backward();
+    let params = model.trainable();
+    if average {
+        dist::average_gradients(&params.iter().map(|(_, t)| t.shallow_clone()).collect::<Vec<_>>()).unwrap();
+    }
+    let loss = dist::mean(&[terms.total.double_value(&[])]).unwrap()[0];
+    (loss, params.into_iter().map(|(k, t)| (k, t.grad().copy())).collect())
+}
+
+fn max_diff(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> (f64, String) {
+    a.iter()
+        .zip(b)
+        .map(|((ka, ta), (kb, tb))| {
+            assert_eq!(ka, kb);
+            ((ta - tb).abs().max().double_value(&[]), ka.clone())
+        })
+        .fold((0.0, String::new()), |m, x| if x.0 > m.0 { x } else { m })
+}
+
+fn rank_body(rank: usize, port: u16) {
+    let launch = Launch {
+        rank,
+        world: 2,
+        local_rank: rank,
+        master_addr: "127.0.0.1".into(),
+        master_port: port,
+        rank0_hosts_store: true,
+        source: "test",
+        prefix: "test".into(),
+    };
+    dist::init(&launch, Device::Cpu, Duration::from_secs(60)).unwrap();
+    tch::manual_seed(11);
+    let v1 = Tensor::randn([8, 3, 16, 16], (Kind::Double, Device::Cpu));
+    let v2 = Tensor::randn([8, 3, 16, 16], (Kind::Double, Device::Cpu));
+    let (l1, l2) = (v1.narrow(0, 4 * rank as i64, 4), v2.narrow(0, 4 * rank as i64, 4));
+
+    // per-rank BN, gradients averaged == one process, whole batch, bn_splits 2
+    let (_, ddp) = grads(&cfg(1), &l1, &l2, true);
+    let (_, reference) = grads_single(&cfg(2), &v1, &v2);
+    let (d, worst) = max_diff(&ddp, &reference);
+    assert!(d < 1e-6, "rank {rank}: averaged gradients differ from one process with bn_splits 2 by {d} ({worst})");
+
+    // SyncBatchNorm == one process, whole batch, ordinary BN
+    lewel::model::batchnorm::set_sync(true);
+    let (loss_sync, sync) = grads(&ModelConfig { sync_bn: true, ..cfg(1) }, &l1, &l2, true);
+    lewel::model::batchnorm::set_sync(false);
+    let (loss_ref, reference) = grads_single(&cfg(1), &v1, &v2);
+    assert!((loss_sync - loss_ref).abs() < 1e-5, "rank {rank}: SyncBN loss {loss_sync} vs one process {loss_ref}");
+    let (d, worst) = max_diff(&sync, &reference);
+    assert!(d < 1e-5, "rank {rank}: SyncBN gradients differ from one process by {d} ({worst})");
+
+    // Several LARS steps with EMA: SyncBN on two ranks follows one process step for step.
+    lewel::model::batchnorm::set_sync(true);
+    let sync = train(&ModelConfig { sync_bn: true, ..cfg(1) }, &l1, &l2, true);
+    lewel::model::batchnorm::set_sync(false);
+    let single = train(&cfg(1), &v1, &v2, false);
+    for (k, (a, b)) in sync.iter().zip(&single).enumerate() {
+        assert!((a - b).abs() < 1e-9, "rank {rank}, step {k}: SyncBN loss {a} vs one process {b}");
+    }
+    dist::barrier().unwrap();
+    dist::shutdown();
+}
+
+/// The losses of 4 training steps (LARS, EMA) from the seed-7 initialisation on the same views; gradients
+/// averaged over the ranks when `ranks`.
+fn train(cfg: &ModelConfig, v1: &Tensor, v2: &Tensor, ranks: bool) -> Vec<f64> {
+    tch::manual_seed(7);
+    let mut vs = VarStore::new(Device::Cpu);
+    vs.set_kind(Kind::Double);
+    let model = Lewel::new(&vs, cfg).unwrap();
+    let mut opt = lewel::optim::Optimizer::new(model.trainable(), &lewel::optim::OptimConfig::default());
+    let params: Vec<Tensor> = model.trainable().into_iter().map(|(_, t)| t).collect();
+    (0..4)
+        .map(|_| {
+            let terms = model.forward_loss(v1, v2).unwrap();
+            opt.zero_grad();
+            terms.total.backward();
+            let loss = terms.total.double_value(&[]);
+            if ranks {
+                dist::average_gradients(&params).unwrap();
+            }
+            opt.step(0.1);
+            model.momentum_update(0.99);
+            if ranks {
+                dist::mean(&[loss]).unwrap()[0]
+            } else {
+                loss
+            }
+        })
+        .collect()
+}
+
+/// One process's loss and gradients on the whole batch (no collective: the loss of this process alone).
+fn grads_single(cfg: &ModelConfig, v1: &Tensor, v2: &Tensor) -> (f64, Vec<(String, Tensor)>) {
+    tch::manual_seed(7);
+    let mut vs = VarStore::new(Device::Cpu);
+    vs.set_kind(Kind::Double);
+    let model = Lewel::new(&vs, cfg).unwrap();
+    let terms = model.forward_loss(v1, v2).unwrap();
+    terms.total.backward();
+    let loss = terms.total.double_value(&[]);
+    (loss, model.trainable().into_iter().map(|(k, t)| (k, t.grad().copy())).collect())
+}
+
+#[test]
+fn two_ranks_equal_one_process() {
+    const NAME: &str = "two_ranks_equal_one_process";
+    if let Ok(rank) = std::env::var("LEWEL_TEST_RANK") {
+        let port = std::env::var("LEWEL_TEST_PORT").unwrap().parse().unwrap();
+        rank_body(rank.parse().unwrap(), port);
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let exe = std::env::current_exe().unwrap();
+    let kids: Vec<_> = (0..2)
+        .map(|r| {
+            Command::new(&exe)
+                .args(["--exact", NAME, "--nocapture", "--test-threads", "1"])
+                .env("LEWEL_TEST_RANK", r.to_string())
+                .env("LEWEL_TEST_PORT", port.to_string())
+                .env("OMP_NUM_THREADS", "1")
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (r, k) in kids.into_iter().enumerate() {
+        let out = k.wait_with_output().unwrap();
+        assert!(out.status.success(), "rank {r} failed: {:?}", out.status);
+    }
+}
