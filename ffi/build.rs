@@ -1,6 +1,6 @@
 //! Compiles `cpp/shim.cpp` (c10d process groups, autocast on any device, memory formats; see its header) against
 //! the headers of the libtorch that `torch-sys` links (`LIBTORCH`, which `scripts/setup.sh` sets), and links it with
-//! `torch_cpu`/`c10` and, where the libtorch has them, `torch_cuda`/`c10_cuda`. NCCL support is compiled in when the
+//! `torch_cpu`/`c10` (libtorch_cuda is opened at run time when a CUDA device is asked for). NCCL support is compiled in when the
 //! NCCL and CUDA headers of the torch wheel's packages (`site-packages/nvidia/*/include`) are there ([`lewel_ffi::dist::has_nccl`]).
 
 use std::env;
@@ -54,13 +54,10 @@ fn main() {
     }
     build.compile("lewel_shim");
 
+    // libtorch_cuda is opened at run time, when a CUDA device is asked for (`lewel_ffi::cuda::load`), not linked.
     println!("cargo:rustc-link-search=native={}", lib.display());
     println!("cargo:rustc-link-lib=dylib=torch_cpu");
     println!("cargo:rustc-link-lib=dylib=c10");
-    if has_cuda {
-        println!("cargo:rustc-link-lib=dylib=torch_cuda");
-        println!("cargo:rustc-link-lib=dylib=c10_cuda");
-    }
 }
 
 /// The `include` folder of a package under `root` (`nvidia/<pkg>/include`) that holds all of `files`.

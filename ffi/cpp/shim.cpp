@@ -22,8 +22,8 @@
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <dlfcn.h>
 #ifdef LEWEL_WITH_NCCL
-#include <c10/cuda/CUDAFunctions.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
@@ -90,6 +90,48 @@ struct AllReduceSum : public torch::autograd::Function<AllReduceSum> {
 
 at::DeviceType device_type(int d) { return d == 1 ? at::kCUDA : at::kCPU; }
 
+// libtorch_cuda is not linked: loading it (and cuDNN, cuBLAS, NCCL behind it) costs a CPU-only tool about
+// 0.35 s and 350 MB at every start. It is opened on demand, before libtorch first asks for its CUDA hooks
+// (lewel_cuda_load), and the three entry points the NCCL group needs are looked up in it by name.
+void* cuda_lib = nullptr;
+
+void* cuda_symbol(const char* lib, const char* name) {
+  void* h = dlopen(lib, RTLD_NOW | RTLD_GLOBAL | RTLD_NOLOAD);
+  if (h == nullptr) h = dlopen(lib, RTLD_NOW | RTLD_GLOBAL);
+  TORCH_CHECK(h != nullptr, "could not open ", lib, ": ", dlerror());
+  void* f = dlsym(h, name);
+  TORCH_CHECK(f != nullptr, lib, " lacks ", name, " (a libtorch other than 2.11?)");
+  return f;
+}
+
+#ifdef LEWEL_WITH_NCCL
+// ProcessGroupNCCL(intrusive_ptr<Store>, int rank, int size, intrusive_ptr<Options>) and Options(bool), called
+// through their exported symbols on memory we allocate (sizes from the same headers the library was built with).
+using NcclCtor = void (*)(c10d::ProcessGroupNCCL*, c10::intrusive_ptr<c10d::Store>, int, int,
+                          c10::intrusive_ptr<c10d::ProcessGroupNCCL::Options>);
+using NcclOptionsCtor = void (*)(c10d::ProcessGroupNCCL::Options*, bool);
+using SetDevice = void (*)(c10::DeviceIndex, bool);
+
+c10::intrusive_ptr<c10d::Backend> make_nccl(const c10::intrusive_ptr<c10d::Store>& store, int rank, int world,
+                                            std::chrono::milliseconds timeout, int cuda_device) {
+  auto set_device = reinterpret_cast<SetDevice>(cuda_symbol("libc10_cuda.so", "_ZN3c104cuda10set_deviceEab"));
+  auto options_ctor =
+      reinterpret_cast<NcclOptionsCtor>(cuda_symbol("libtorch_cuda.so", "_ZN4c10d16ProcessGroupNCCL7OptionsC1Eb"));
+  auto ctor = reinterpret_cast<NcclCtor>(cuda_symbol(
+      "libtorch_cuda.so",
+      "_ZN4c10d16ProcessGroupNCCLC1EN3c1013intrusive_ptrINS_5StoreENS1_6detail34intrusive_target_default_null_"
+      "typeIS3_EEEEiiNS2_INS0_7OptionsENS5_IS8_EEEE"));
+  set_device(static_cast<c10::DeviceIndex>(cuda_device), false);
+  auto* o = static_cast<c10d::ProcessGroupNCCL::Options*>(::operator new(sizeof(c10d::ProcessGroupNCCL::Options)));
+  options_ctor(o, false);
+  auto opts = c10::intrusive_ptr<c10d::ProcessGroupNCCL::Options>::unsafe_steal_from_new(o);
+  opts->timeout = timeout;
+  auto* pg = static_cast<c10d::ProcessGroupNCCL*>(::operator new(sizeof(c10d::ProcessGroupNCCL)));
+  ctor(pg, store, rank, world, opts);
+  return c10::intrusive_ptr<c10d::Backend>::unsafe_steal_from_new(pg);
+}
+#endif
+
 } // namespace
 
 extern "C" {
@@ -136,10 +178,7 @@ int lewel_dist_init(const char* backend, const char* addr, int port, int rank, i
       g->backend = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, opts);
     } else if (std::strcmp(backend, "nccl") == 0) {
 #ifdef LEWEL_WITH_NCCL
-      c10::cuda::set_device(static_cast<c10::DeviceIndex>(cuda_device));
-      auto opts = c10d::ProcessGroupNCCL::Options::create();
-      opts->timeout = timeout;
-      g->backend = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, rank, world, opts);
+      g->backend = make_nccl(store, rank, world, timeout, cuda_device);
 #else
       (void)cuda_device;
       TORCH_CHECK(false, "this build of lewel has no NCCL (its libtorch had no NCCL headers); use --device cpu (Gloo)");
@@ -148,6 +187,17 @@ int lewel_dist_init(const char* backend, const char* addr, int port, int rank, i
       TORCH_CHECK(false, "unknown c10d backend ", backend);
     }
     group = g.release();
+  })
+}
+
+// Opens libtorch_cuda (once), so that libtorch sees CUDA. Must run before libtorch first asks for its CUDA hooks
+// (which it caches): before any CUDA query, tensor or seed.
+int lewel_cuda_load() {
+  LEWEL_GUARD({
+    if (cuda_lib == nullptr) {
+      cuda_lib = dlopen("libtorch_cuda.so", RTLD_NOW | RTLD_GLOBAL);
+      TORCH_CHECK(cuda_lib != nullptr, "could not open libtorch_cuda.so: ", dlerror());
+    }
   })
 }
 

@@ -70,6 +70,7 @@ pub enum DeviceSpec {
 impl DeviceSpec {
     /// The device to use now. `auto` picks CUDA device 0 when libtorch sees one.
     pub fn resolve(self) -> Result<tch::Device, crate::LewelError> {
+        self.load_cuda()?;
         match self {
             DeviceSpec::Auto => Ok(tch::Device::cuda_if_available()),
             DeviceSpec::Cpu => Ok(tch::Device::Cpu),
@@ -83,6 +84,25 @@ impl DeviceSpec {
                     )))
                 }
             }
+        }
+    }
+}
+
+impl DeviceSpec {
+    /// Opens libtorch's CUDA part when this choice may use it (`cuda`, or `auto` on a machine with an NVIDIA
+    /// driver); the binaries do not link it, so that CPU runs start fast and small. Must come before anything else
+    /// asks libtorch about CUDA.
+    pub fn load_cuda(self) -> Result<(), crate::LewelError> {
+        match self {
+            DeviceSpec::Cpu => Ok(()),
+            DeviceSpec::Auto => {
+                if lewel_ffi::cuda::driver_present() {
+                    let _ = lewel_ffi::cuda::load(); // no CUDA libtorch: auto means the CPU
+                }
+                Ok(())
+            }
+            DeviceSpec::Cuda(_) => lewel_ffi::cuda::load()
+                .map_err(|e| crate::LewelError::Usage(format!("--device {self}: no CUDA in this libtorch: {e}"))),
         }
     }
 }

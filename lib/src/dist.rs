@@ -131,6 +131,7 @@ impl Launch {
     /// the choice is `auto` with CUDA present or any `cuda`; the CPU otherwise.
     pub fn device(&self, spec: crate::cli::DeviceSpec) -> Result<Device> {
         use crate::cli::DeviceSpec;
+        spec.load_cuda()?;
         let n = tch::Cuda::device_count() as usize;
         let cuda = match spec {
             DeviceSpec::Cpu => false,
