@@ -53,9 +53,9 @@ pub enum Precision {
     /// Everything in float32 (the reference numbers).
     #[default]
     Fp32,
-    /// Autocast to bfloat16; no loss scaling.
+    /// Autocast to bfloat16, no loss scaling.
     Bf16,
-    /// Autocast to float16, with dynamic loss scaling ([`GradScaler`]).
+    /// Autocast to float16, with dynamic loss scaling.
     Fp16,
 }
 

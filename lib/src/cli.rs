@@ -67,7 +67,8 @@ pub struct AmpArgs {
     /// bf16 (autocast to bfloat16; no loss scaling; the choice on GPUs since Ampere and on CPUs with AVX512-BF16
     /// or AMX) or fp16 (autocast to float16 with dynamic loss scaling: a step whose gradients overflow is
     /// skipped and the scale halved; for GPUs without bfloat16). Weights, gradients, the optimiser, the EMA
-    /// target and the losses stay float32. Losses differ from fp32 by about 1% (bf16) or 0.1% (fp16).
+    /// target and the losses stay float32. From the same weights, losses differ from fp32 by under 1% (bf16) or
+    /// 0.1% (fp16). A setting, like --device: give it again with --resume.
     #[arg(long, value_enum, default_value_t = crate::amp::Precision::Fp32, value_name = "P")]
     pub precision: crate::amp::Precision,
 
@@ -79,7 +80,7 @@ pub struct AmpArgs {
 
     /// Lay the convolution weights and the images out channels-last (NHWC). Same numbers up to float
     /// rounding; faster convolutions on GPUs with tensor cores (together with bf16 or fp16) and with oneDNN on
-    /// CPUs.
+    /// CPUs. A setting, like --device: give it again with --resume.
     #[arg(long)]
     pub channels_last: bool,
 }

@@ -17,7 +17,7 @@ use lewel::train::{self, Input, PretrainConfig, RunOptions};
 const EXAMPLE: &str = "  augment images/ --recipe lewel-b-small --out views.npy
   pretrain --views views.npy --preset small-lewelb --epochs 20 --out run1 | jq -c 'select(.event==\"epoch\")'
   pretrain --resume run1            # after a crash or Ctrl-C: continues bit-exactly
-  pretrain train/ --device cuda --precision bf16 --channels-last --out run2   # mixed precision on a GPU
+  pretrain train/ --device cuda --precision bf16 --channels-last --out run2   # on a GPU
   embed --ckpt run1/ckpt/latest --data val/ --out val.npy";
 
 /// Learn a backbone from unlabeled images with LEWEL_B (the official method), BYOL, LEWEL_M or MoCo v2.
