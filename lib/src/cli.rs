@@ -59,6 +59,51 @@ pub struct RunArgs {
     pub resume: Option<PathBuf>,
 }
 
+/// The speed flags of the training tools (`pretrain`, `finetune-semi`): mixed precision and memory layout. They
+/// are settings, like `--device`: a resumed run may change them.
+#[derive(Debug, Clone, Args)]
+pub struct AmpArgs {
+    /// Precision of the network forwards: fp32 (default: the reference numbers, bit-exact reruns on CPU),
+    /// bf16 (autocast to bfloat16; no loss scaling; the choice on GPUs since Ampere and on CPUs with AVX512-BF16
+    /// or AMX) or fp16 (autocast to float16 with dynamic loss scaling: a step whose gradients overflow is
+    /// skipped and the scale halved; for GPUs without bfloat16). Weights, gradients, the optimiser, the EMA
+    /// target and the losses stay float32. From the same weights, losses differ from fp32 by under 1% (bf16) or
+    /// 0.1% (fp16). A setting, like --device: give it again with --resume.
+    #[arg(long, value_enum, default_value_t = crate::amp::Precision::Fp32, value_name = "P")]
+    pub precision: crate::amp::Precision,
+
+    /// First loss scale of --precision fp16 (default 65536 = 2^16, PyTorch's). The scale halves at every step
+    /// whose gradients overflow and doubles after 2000 clean steps in a row, so the default suits nearly every
+    /// run; a resumed run continues with its checkpointed scale.
+    #[arg(long, value_name = "S")]
+    pub loss_scale_init: Option<f64>,
+
+    /// Lay the convolution weights and the images out channels-last (NHWC). Same numbers up to float
+    /// rounding; faster convolutions on GPUs with tensor cores (together with bf16 or fp16) and with oneDNN on
+    /// CPUs. A setting, like --device: give it again with --resume.
+    #[arg(long)]
+    pub channels_last: bool,
+}
+
+impl AmpArgs {
+    /// The first loss scale: `--loss-scale-init`, else PyTorch's default. A usage error with a precision other
+    /// than fp16 (nothing would use it).
+    pub fn loss_scale_init(&self) -> Result<f64, crate::LewelError> {
+        match self.loss_scale_init {
+            None => Ok(crate::amp::GradScalerConfig::default().init_scale),
+            Some(_) if self.precision != crate::amp::Precision::Fp16 => Err(crate::LewelError::Usage(format!(
+                "--loss-scale-init only applies to --precision fp16 (got --precision {})",
+                self.precision
+            ))),
+            Some(s) if !(s.is_finite() && s > 0.0 && s <= f32::MAX as f64) => Err(crate::LewelError::Usage(format!(
+                "--loss-scale-init {s}: the scale must be positive and at most {:e} (float32)",
+                f32::MAX
+            ))),
+            Some(s) => Ok(s),
+        }
+    }
+}
+
 /// A device as the user wrote it; resolved to a `tch::Device` by [`DeviceSpec::resolve`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceSpec {

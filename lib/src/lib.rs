@@ -11,8 +11,10 @@
 //! - [`error`] and [`exit`]: the error cases callers branch on, and the exit-code mapping.
 //! - [`fsio`]: atomic file writes (temp name in the same folder, sync, rename).
 //! - [`run`]: the run directory (`config.json`, `events.jsonl`, `ckpt/`).
+//! - [`amp`]: mixed precision (`--precision`, autocast, fp16 loss scaling) and `--channels-last`.
 
 pub mod alloc;
+pub mod amp;
 pub mod ckpt;
 pub mod cli;
 pub mod data;

@@ -108,6 +108,12 @@ impl Optimizer {
         }
     }
 
+    /// The gradients of the parameters that have one (handles to the same tensors: an in-place change, such as
+    /// the loss scaler's unscaling, is what [`Optimizer::step`] then sees).
+    pub fn grads(&self) -> Vec<Tensor> {
+        self.slots.iter().map(|s| s.param.grad()).filter(|g| g.defined()).collect()
+    }
+
     /// One update with learning rate `lr`. Parameters without a gradient are skipped.
     ///
     /// LARS (§5.1), per parameter w with gradient g, wd = 0 and factor 1 in the excluded group:
@@ -216,7 +222,15 @@ impl Optimizer {
             );
         }
         for (s, t) in self.slots.iter_mut().zip(found) {
-            s.buf = t.map(|t| tch::no_grad(|| t.to_device(s.param.device()).to_kind(s.param.kind()).copy()));
+            // `zeros_like` keeps the parameter's device, kind and memory format (channels-last), as a buffer
+            // created by a step does.
+            s.buf = t.map(|t| {
+                tch::no_grad(|| {
+                    let mut b = s.param.zeros_like();
+                    b.copy_(t);
+                    b
+                })
+            });
         }
         Ok(())
     }

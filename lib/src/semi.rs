@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
+use crate::amp::{self, Autocast, GradScaler, Precision};
 use crate::ckpt;
 use crate::data::dataset::{DataSpec, Dataset, FileList};
 use crate::data::labelled::{default_train_recipe, LabelledLoader};
@@ -385,6 +386,10 @@ pub struct SemiTask<'a> {
     device: Device,
     val: EvalLoader,
     val_data: Arc<dyn Dataset>,
+    precision: Precision,
+    channels_last: bool,
+    /// The fp16 loss scaler (None for fp32 and bf16).
+    scaler: Option<GradScaler>,
 }
 
 /// torchvision's `nn.Linear` init: weight and bias ~ U(−1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming_uniform with
@@ -412,9 +417,13 @@ impl<'a> SemiTask<'a> {
 impl TrainTask for SemiTask<'_> {
     type Batch = (Tensor, Tensor);
 
+    /// The network forward runs under autocast to `--precision` (the logits are cast back to float32 for the
+    /// loss); with `fp16` the step is PyTorch's GradScaler recipe (see [`crate::amp`]).
     fn train_step(&mut self, (x, y): (Tensor, Tensor), ctx: &StepCtx) -> Result<StepOut> {
         let (x, y) = (x.to_device(self.device), y.to_device(self.device));
-        let logits = self.logits(&x, true)?;
+        let x = amp::input_layout(x, self.channels_last)?;
+        let autocast = Autocast::new(self.precision, self.device)?;
+        let logits = amp::full_precision(&autocast.run(|| self.logits(&x, true))?)?;
         let loss_t = logits.cross_entropy_for_logits(&y);
         let loss = loss_t.to_kind(Kind::Double).double_value(&[]);
         let (lr_b, lr_c) = (ctx.lr(self.cfg.lr_backbone), ctx.lr(self.cfg.lr_classifier));
@@ -424,28 +433,23 @@ impl TrainTask for SemiTask<'_> {
         for p in &mut self.params {
             p.tensor.zero_grad();
         }
-        loss_t.backward();
         let (m, wd) = (self.cfg.momentum, self.cfg.weight_decay);
-        tch::no_grad(|| {
-            for p in &mut self.params {
-                let g = p.tensor.grad();
-                if !g.defined() {
-                    continue;
-                }
-                // torch.optim.SGD: d = g + wd·w; buf = d at the first step, then m·buf + d; w −= lr·buf.
-                let d = g + &p.tensor * wd;
-                match &mut p.buf {
-                    Some(buf) => {
-                        let _ = buf.g_mul_scalar_(m).g_add_(&d);
-                    }
-                    None => p.buf = Some(d.detach().copy()),
-                }
-                let lr = if p.classifier { lr_c } else { lr_b };
-                let buf = p.buf.as_ref().expect("set above");
-                let _ = p.tensor.g_sub_(&(buf * lr));
+        let mut fields = vec![("lr_classifier", lr_c)];
+        match &mut self.scaler {
+            None => {
+                loss_t.backward();
+                sgd_step(&mut self.params, m, wd, lr_b, lr_c);
             }
-        });
-        Ok(StepOut { loss, lr: lr_b, fields: vec![("lr_classifier", lr_c)] })
+            Some(scaler) => {
+                let used = scaler.scale()?;
+                scaler.scale_loss(&loss_t)?.f_backward()?;
+                let grads: Vec<Tensor> = self.params.iter().map(|p| p.tensor.grad()).collect();
+                let params = &mut self.params;
+                scaler.step(&grads, || sgd_step(params, m, wd, lr_b, lr_c))?;
+                fields.extend([("loss_scale", used), ("skipped_steps", scaler.skipped_steps() as f64)]);
+            }
+        }
+        Ok(StepOut { loss, lr: lr_b, fields })
     }
 
     fn state(&self) -> Vec<(String, Tensor)> {
@@ -456,6 +460,9 @@ impl TrainTask for SemiTask<'_> {
             if let Some(b) = &p.buf {
                 s.push((format!("{MOMENTUM_PREFIX}{}", p.name), b.shallow_clone()));
             }
+        }
+        if let Some(scaler) = &self.scaler {
+            s.extend(scaler.state());
         }
         s
     }
@@ -478,7 +485,15 @@ impl TrainTask for SemiTask<'_> {
             Ok(())
         })?;
         for p in &mut self.params {
-            p.buf = tensors.get(&format!("{MOMENTUM_PREFIX}{}", p.name)).map(|t| t.to_device(self.device).copy());
+            // `zeros_like` keeps the parameter's memory format (channels-last), as a buffer made by a step does.
+            p.buf = tensors.get(&format!("{MOMENTUM_PREFIX}{}", p.name)).map(|t| {
+                let mut b = p.tensor.zeros_like();
+                tch::no_grad(|| b.copy_(t));
+                b
+            });
+        }
+        if let Some(scaler) = &mut self.scaler {
+            scaler.load_state(tensors).with_context(|| format!("{}: loss-scaler state", path.display()))?;
         }
         Ok(())
     }
@@ -507,6 +522,30 @@ impl TrainTask for SemiTask<'_> {
         m.insert("n_val".into(), json!(acc.n));
         Ok(Some(m))
     }
+}
+
+/// One update of torch.optim.SGD over `params` (the backbone with lr `lr_b`, the classifier with `lr_c`):
+/// `d = g + wd·w`; `buf = d` at the first step, then `m·buf + d`; `w −= lr·buf`. Parameters without a gradient are
+/// skipped.
+fn sgd_step(params: &mut [Param], m: f64, wd: f64, lr_b: f64, lr_c: f64) {
+    tch::no_grad(|| {
+        for p in params {
+            let g = p.tensor.grad();
+            if !g.defined() {
+                continue;
+            }
+            let d = g + &p.tensor * wd;
+            match &mut p.buf {
+                Some(buf) => {
+                    let _ = buf.g_mul_scalar_(m).g_add_(&d);
+                }
+                None => p.buf = Some(d.detach().copy()),
+            }
+            let lr = if p.classifier { lr_c } else { lr_b };
+            let buf = p.buf.as_ref().expect("set above");
+            let _ = p.tensor.g_sub_(&(buf * lr));
+        }
+    });
 }
 
 /// The result (`RUN/result.json`).
@@ -627,8 +666,25 @@ pub fn run(
         config: json!({"model": mc, "finetune_semi": cfg_json}),
         start_fields,
     };
-    let mut task =
-        SemiTask { cfg, _vs: vs, model, fc_weight, fc_bias, params, device, val, val_data: val_data.clone() };
+    if opts.channels_last {
+        amp::to_channels_last(model.state_dict().into_iter().map(|(_, t)| t))?;
+    }
+    let scaler =
+        GradScaler::for_precision(opts.precision, opts.loss_scale_init, device).context("--loss-scale-init")?;
+    let mut task = SemiTask {
+        cfg,
+        _vs: vs,
+        model,
+        fc_weight,
+        fc_bias,
+        params,
+        device,
+        val,
+        val_data: val_data.clone(),
+        precision: opts.precision,
+        channels_last: opts.channels_last,
+        scaler,
+    };
     let out = train::train_loop(&lc, &source, &mut task, opts, run_dir, sink, progress)?;
 
     let last = out.evals.last().cloned();

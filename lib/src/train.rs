@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tch::{nn, Device, Kind, Tensor};
 
+use crate::amp::{self, GradScaler, Precision};
 use crate::ckpt;
 use crate::events::{Event, EventSink};
 use crate::model::{Lewel, ModelConfig};
@@ -97,6 +98,13 @@ pub struct RunOptions {
     /// Stop after this global step (a checkpoint is written), as if interrupted but exiting 0.
     pub max_steps: Option<u64>,
     pub resume: bool,
+    /// Precision of the network forwards (`--precision`; see [`crate::amp`]). Not part of the resume check: a run
+    /// may continue in another precision.
+    pub precision: Precision,
+    /// The first loss scale of `fp16` runs (`--loss-scale-init`; PyTorch's 2^16). A resume restores the scale.
+    pub loss_scale_init: f64,
+    /// Lay the 4-D weights and the input batches out channels-last (`--channels-last`).
+    pub channels_last: bool,
 }
 
 /// What the loop reports to the tool after each step (for the progress bar).
@@ -460,6 +468,8 @@ pub fn train_loop<B>(
         .str("git_revision", crate::GIT_REVISION)
         .str("device", format!("{:?}", opts.device))
         .int("processes", crate::dist::world() as i64)
+        .str("precision", opts.precision.as_str())
+        .bool("channels_last", opts.channels_last)
         .int("steps_per_epoch", spe as i64)
         .int("total_steps", total as i64)
         .int("start_step", start_step as i64);
@@ -686,17 +696,61 @@ struct PretrainTask<'a> {
     /// the trainable parameters (gradients averaged over the ranks). Empty on one process.
     bn_buffers: Vec<Tensor>,
     params: Vec<Tensor>,
+    precision: Precision,
+    channels_last: bool,
+    /// The fp16 loss scaler (None for fp32 and bf16).
+    scaler: Option<GradScaler>,
+}
+
+impl<'a> PretrainTask<'a> {
+    /// The task on `opts.device`, with the mixed-precision settings of `opts`: with `channels_last` the model's
+    /// 4-D weights (online and target) are laid out channels-last here, before any step or resume.
+    fn new(
+        cfg: &'a PretrainConfig,
+        model: Lewel,
+        opt: Optimizer,
+        opts: &RunOptions,
+        monitor: Option<crate::monitor::KnnMonitor>,
+    ) -> Result<Self> {
+        if opts.channels_last {
+            amp::to_channels_last(model.state_dict().into_iter().map(|(_, t)| t))?;
+        }
+        let scaler = GradScaler::for_precision(opts.precision, opts.loss_scale_init, opts.device)
+            .context("--loss-scale-init")?;
+        let (bn_buffers, params) = if crate::dist::active() {
+            let sd = model.state_dict();
+            let bufs = sd.into_iter().filter(|(k, _)| k.contains(".running_")).map(|(_, t)| t).collect();
+            (bufs, model.trainable().into_iter().map(|(_, t)| t).collect())
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        Ok(PretrainTask {
+            cfg,
+            model,
+            opt,
+            device: opts.device,
+            monitor,
+            bn_buffers,
+            params,
+            precision: opts.precision,
+            channels_last: opts.channels_last,
+            scaler,
+        })
+    }
 }
 
 impl TrainTask for PretrainTask<'_> {
     type Batch = (Tensor, Tensor);
 
+    /// With `fp16` the step is PyTorch's GradScaler recipe: backward of the scaled loss, unscale, optimiser step
+    /// unless a gradient is inf or NaN, scale update; the EMA update runs either way (official loop).
     fn train_step(&mut self, (v1, v2): (Tensor, Tensor), ctx: &StepCtx) -> Result<StepOut> {
         let (v1, v2) = (v1.to_device(self.device), v2.to_device(self.device));
+        let (v1, v2) = (amp::input_layout(v1, self.channels_last)?, amp::input_layout(v2, self.channels_last)?);
         let lr = ctx.lr(self.cfg.lr);
         let m = self.cfg.ema_schedule.momentum(self.cfg.ema_momentum, ctx.step, ctx.total_steps);
         crate::dist::broadcast_from_main(&self.bn_buffers)?;
-        let terms = self.model.forward_loss(&v1, &v2)?;
+        let terms = self.model.forward_loss_amp(&v1, &v2, self.precision)?;
         let loss = terms.total.to_kind(Kind::Double).double_value(&[]);
         // the mean over the ranks (so every rank sees a divergence at the same step); identity on one process
         let (loss, terms_global, terms_aligned, terms_std) = if crate::dist::active() {
@@ -711,31 +765,52 @@ impl TrainTask for PretrainTask<'_> {
         // The same three calls as `model::train_step` (which the golden tests use); inlined here
         // because the loss is checked for divergence before the step is taken.
         self.opt.zero_grad();
-        terms.total.f_backward().map_err(|e| anyhow::anyhow!("{e}"))?;
-        crate::dist::average_gradients(&self.params)?;
-        self.opt.step(lr);
+        let mut scaling = Vec::new();
+        match &mut self.scaler {
+            None => {
+                terms.total.f_backward()?;
+                crate::dist::average_gradients(&self.params)?;
+                self.opt.step(lr);
+            }
+            Some(scaler) => {
+                let used = scaler.scale()?;
+                scaler.scale_loss(&terms.total)?.f_backward()?;
+                // averaged while scaled, as DDP does before GradScaler unscales: every rank then finds the
+                // same infs and skips the same steps
+                crate::dist::average_gradients(&self.params)?;
+                let opt = &mut self.opt;
+                scaler.step(&opt.grads(), || opt.step(lr))?;
+                scaling = vec![("loss_scale", used), ("skipped_steps", scaler.skipped_steps() as f64)];
+            }
+        }
         self.model.momentum_update(m);
-        Ok(StepOut {
-            loss,
-            lr,
-            fields: vec![
-                ("loss_global", terms_global),
-                ("loss_aligned", terms_aligned),
-                ("ema_momentum", m),
-                ("collapse_std", terms_std),
-            ],
-        })
+        let mut fields = vec![
+            ("loss_global", terms_global),
+            ("loss_aligned", terms_aligned),
+            ("ema_momentum", m),
+            ("collapse_std", terms_std),
+        ];
+        fields.extend(scaling);
+        Ok(StepOut { loss, lr, fields })
     }
 
     fn state(&self) -> Vec<(String, Tensor)> {
         let mut s = self.model.state_dict();
         s.extend(self.opt.state());
+        if let Some(scaler) = &self.scaler {
+            s.extend(scaler.state());
+        }
         s
     }
 
+    /// A checkpoint without scaler state (an fp32 or bf16 run resumed with `fp16`) starts the scaler afresh.
     fn load_state(&mut self, tensors: &HashMap<String, Tensor>, path: &std::path::Path) -> Result<()> {
         ckpt::load_model_state(&self.model, tensors, path)?;
-        self.opt.load_state(tensors).with_context(|| format!("{}: optimiser state", path.display()))
+        self.opt.load_state(tensors).with_context(|| format!("{}: optimiser state", path.display()))?;
+        if let Some(scaler) = &mut self.scaler {
+            scaler.load_state(tensors).with_context(|| format!("{}: loss-scaler state", path.display()))?;
+        }
+        Ok(())
     }
 
     fn evaluate(&mut self, _epoch: u64, sink: &mut dyn EventSink) -> Result<Option<serde_json::Map<String, Value>>> {
@@ -813,13 +888,7 @@ pub fn run(
             m
         },
     };
-    let (bn_buffers, params) = if crate::dist::active() {
-        let bufs = model.state_dict().into_iter().filter(|(k, _)| k.contains(".running_")).map(|(_, t)| t).collect();
-        (bufs, model.trainable().into_iter().map(|(_, t)| t).collect())
-    } else {
-        (Vec::new(), Vec::new())
-    };
-    let mut task = PretrainTask { cfg, model, opt, device: opts.device, monitor, bn_buffers, params };
+    let mut task = PretrainTask::new(cfg, model, opt, opts, monitor)?;
     Ok(train_loop(&lc, &source, &mut task, opts, run_dir, sink, progress)?.checkpoint)
 }
 

@@ -33,6 +33,7 @@ use super::{
     resnet::ResNet,
     Method, ModelConfig, StateEntry,
 };
+use crate::amp::{full_precision, Autocast, Precision};
 use crate::ema::ema_update;
 use crate::loss::{aligned_info_nce, aligned_loss, collapse_std, combine, global_info_nce, global_loss};
 use crate::optim::Optimizer;
@@ -185,7 +186,16 @@ impl Lewel {
 
     /// The official `loss_func` of one direction: (L_g, L_a) of online view a against target view b. LEWEL_M /
     /// MoCo v2: InfoNCE with τ, the global term against `queue`, the aligned term against the batch.
-    fn direction(&self, on: &NeckOut, tg: &NeckOut, queue: Option<&Tensor>) -> Result<(Tensor, Option<Tensor>)> {
+    ///
+    /// The predictors run under `amp` and their outputs are cast back to float32 for the loss
+    /// ([`crate::amp::full_precision`]; a no-op without autocast).
+    fn direction(
+        &self,
+        on: &NeckOut,
+        tg: &NeckOut,
+        queue: Option<&Tensor>,
+        amp: Autocast,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         if let Some(queue) = queue {
             let tau = self.cfg.temperature;
             let lg = global_info_nce(&on.global, &tg.global.detach(), queue, tau)?;
@@ -196,9 +206,10 @@ impl Lewel {
             return Ok((lg, la));
         }
         let Some(predictor) = &self.predictor else { bail!("a {} model has no predictor", self.cfg.method) };
-        let lg = global_loss(&predictor.forward_t(&on.global, true)?, &tg.global.detach())?;
+        let head = |mlp: &Mlp1d, x: &Tensor| amp.run(|| mlp.forward_t(x, true)).and_then(|p| full_precision(&p));
+        let lg = global_loss(&head(predictor, &on.global)?, &tg.global.detach())?;
         let la = match (&self.predictor_obj, &on.aligned, &tg.aligned) {
-            (Some(po), Some(yo), Some(yt)) => Some(aligned_loss(&po.forward_t(yo, true)?, &yt.detach())?),
+            (Some(po), Some(yo), Some(yt)) => Some(aligned_loss(&head(po, yo)?, &yt.detach())?),
             _ => None,
         };
         Ok((lg, la))
@@ -240,21 +251,37 @@ impl Lewel {
     /// # Shapes
     /// `v1`, `v2`: `[b, 3, h, w]`, the same b (a multiple of `bn_splits`); converted to the weights' kind/device.
     pub fn forward_loss(&self, v1: &Tensor, v2: &Tensor) -> Result<LossTerms> {
+        self.forward_loss_amp(v1, v2, Precision::Fp32)
+    }
+
+    /// [`Lewel::forward_loss`] with the network forwards (online and target encoders of both views, the
+    /// predictors) under autocast to `precision` on the model's device type; their outputs are cast back to
+    /// float32 and the losses computed from those (see [`crate::amp`]). `Precision::Fp32` is
+    /// [`Lewel::forward_loss`], bit for bit.
+    pub fn forward_loss_amp(&self, v1: &Tensor, v2: &Tensor, precision: Precision) -> Result<LossTerms> {
+        let amp = Autocast::new(precision, self.kind_device().1)?;
         let (v1, v2) = (self.prepare(v1)?, self.prepare(v2)?);
         if v1.size()[0] != v2.size()[0] {
             bail!("the two views hold different batch sizes: {:?} vs {:?}", v1.size(), v2.size());
         }
-        let on1 = self.online.forward_t(&v1, true)?;
-        let on2 = self.online.forward_t(&v2, true)?;
-        let (t1, t2) = (self.key_forward(&v1, 0)?, self.key_forward(&v2, 1)?);
+        let (on1, on2, t1, t2) = amp.run(|| {
+            let on1 = self.online.forward_t(&v1, true)?;
+            let on2 = self.online.forward_t(&v2, true)?;
+            Ok((on1, on2, self.key_forward(&v1, 0)?, self.key_forward(&v2, 1)?))
+        })?;
+        let (on1, on2, t1, t2) = if amp.is_on() {
+            (on1.full_precision()?, on2.full_precision()?, t1.full_precision()?, t2.full_precision()?)
+        } else {
+            (on1, on2, t1, t2)
+        };
         // The enqueue below writes the queue in place: the loss must hold its own copy (autograd keeps it for the
         // backward pass of q · queue).
         let queue = match &self.moco {
             Some(m) => Some(m.queue.f_detach_copy()?), // [k, K]
             None => None,
         };
-        let (g12, a12) = self.direction(&on1, &t2, queue.as_ref())?;
-        let (g21, a21) = self.direction(&on2, &t1, queue.as_ref())?;
+        let (g12, a12) = self.direction(&on1, &t2, queue.as_ref(), amp)?;
+        let (g21, a21) = self.direction(&on2, &t1, queue.as_ref(), amp)?;
         let (total, aligned) = match (a12, a21) {
             (Some(a12), Some(a21)) => {
                 let alpha = self.cfg.alpha;

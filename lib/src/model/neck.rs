@@ -38,6 +38,16 @@ pub struct NeckOut {
     pub aligned: Option<Tensor>,
 }
 
+impl NeckOut {
+    /// Both embeddings in float32 (after an autocast forward; float32 ones go through untouched).
+    pub fn full_precision(&self) -> Result<NeckOut> {
+        Ok(NeckOut {
+            global: crate::amp::full_precision(&self.global)?,
+            aligned: self.aligned.as_ref().map(crate::amp::full_precision).transpose()?,
+        })
+    }
+}
+
 impl Neck {
     /// `proj_obj = None` gives the BYOL neck.
     pub fn new(proj: Mlp1d, proj_obj: Option<Mlp1d>, groups: i64, scale: f64) -> Self {

@@ -92,6 +92,8 @@ struct Args {
     #[command(flatten)]
     run: lewel::cli::RunArgs,
     #[command(flatten)]
+    amp: lewel::cli::AmpArgs,
+    #[command(flatten)]
     common: CommonArgs,
 }
 
@@ -156,6 +158,9 @@ fn run(args: Args) -> Result<()> {
         log_every: args.run.log_every,
         max_steps: args.run.max_steps,
         resume: args.run.resume.is_some(),
+        precision: args.amp.precision,
+        loss_scale_init: args.amp.loss_scale_init()?,
+        channels_last: args.amp.channels_last,
     };
     let (cfg, run_dir) = if let Some(dir) = &args.run.resume {
         let run_dir = RunDir::open(dir)?;

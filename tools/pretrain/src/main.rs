@@ -17,6 +17,7 @@ use lewel::train::{self, Input, PretrainConfig, RunOptions};
 const EXAMPLE: &str = "  augment images/ --recipe lewel-b-small --out views.npy
   pretrain --views views.npy --preset small-lewelb --epochs 20 --out run1 | jq -c 'select(.event==\"epoch\")'
   pretrain --resume run1            # after a crash or Ctrl-C: continues bit-exactly
+  pretrain train/ --device cuda --precision bf16 --channels-last --out run2   # on a GPU
   embed --ckpt run1/ckpt/latest --data val/ --out val.npy";
 
 /// Learn a backbone from unlabeled images with LEWEL_B (the official method), BYOL, LEWEL_M or MoCo v2.
@@ -190,6 +191,9 @@ struct Args {
     run: lewel::cli::RunArgs,
 
     #[command(flatten)]
+    amp: lewel::cli::AmpArgs,
+
+    #[command(flatten)]
     common: CommonArgs,
 }
 
@@ -325,6 +329,9 @@ fn run(args: Args) -> Result<()> {
         log_every: args.run.log_every,
         max_steps: args.run.max_steps,
         resume: args.run.resume.is_some(),
+        precision: args.amp.precision,
+        loss_scale_init: args.amp.loss_scale_init()?,
+        channels_last: args.amp.channels_last,
     };
     let (cfg, run_dir) = if let Some(dir) = &args.run.resume {
         let run_dir = RunDir::open(dir)?;
