@@ -38,6 +38,10 @@ if [ "${1:-}" = prepare ]; then
   mkdir -p target/device
   strip -o target/device/pretrain target/release/pretrain
   ls -l target/device/pretrain >&2
+  if ! readelf -d target/device/pretrain | grep -qE 'NEEDED.*\[libtorch(_cuda)?\.so\]'; then
+    echo "device-check: note: pretrain does not link libtorch.so / libtorch_cuda.so (the linker dropped them as" \
+      "unused), so it sees no CUDA by itself; the check then runs it with LD_PRELOAD=.../libtorch_cuda.so" >&2
+  fi
   echo "device-check: carry target/device; on the machine run: OUT=\$OUT scripts/device-check.sh" >&2
   exit 0
 fi
@@ -59,8 +63,11 @@ if [ -z "${LEWEL_BIN:-}" ]; then
   LEWEL_BIN=$top/target/release
   [ -x "$top/target/device/pretrain" ] && LEWEL_BIN=$top/target/device
 fi
+if [ "$top/target/release/pretrain" -nt "$LEWEL_BIN/pretrain" ]; then
+  echo "device-check: warning: $LEWEL_BIN/pretrain is older than target/release/pretrain; run $0 prepare" >&2
+fi
 PY=${PYTHON:-python3}
-if ! "$PY" -c 'import torch' 2>/dev/null && [ -x "$top/.venv/bin/python" ]; then PY=$top/.venv/bin/python; fi
+if ! timeout 60 "$PY" -c 'import torch' 2>/dev/null && [ -x "$top/.venv/bin/python" ]; then PY=$top/.venv/bin/python; fi
 PEER=$top/benches/pretrain/torch_lewel.py
 STEPS_ALL=$((WARM + STEPS))
 N_VIEWS=$((2 * (BATCH > BATCH_M ? BATCH : BATCH_M)))
@@ -79,7 +86,7 @@ printf 'stage\trc\tseconds\tstatus\tlimit_s\n' >"$OUT/stages.tsv"
 log() { echo "device-check: [$SECONDS s] $*" >&2; }
 
 # Our binary finds libtorch through LD_LIBRARY_PATH: its rpath names the build machine's venv.
-TORCH_DIR=$("$PY" -c 'import torch, os; print(os.path.dirname(torch.__file__))' 2>/dev/null || true)
+TORCH_DIR=$(timeout 60 "$PY" -c 'import torch, os; print(os.path.dirname(torch.__file__))' 2>/dev/null || true)
 if [ -n "$TORCH_DIR" ]; then
   libs=$TORCH_DIR/lib
   for d in "$TORCH_DIR"/../nvidia/*/lib; do [ -d "$d" ] && libs=$libs:$d; done
@@ -154,7 +161,7 @@ env_info() {
 export -f env_info
 export LEWEL_BIN
 stage env 0 30 bash -c env_info
-nvidia-smi --query-gpu=name --format=csv,noheader >"$OUT/env/gpu-name.txt" 2>/dev/null
+timeout 20 nvidia-smi --query-gpu=name --format=csv,noheader >"$OUT/env/gpu-name.txt" 2>/dev/null
 stage torch 0 60 "$PY" -c '
 import json, torch
 d = {"torch": torch.__version__, "cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available(),
@@ -218,7 +225,16 @@ if ! smoke cuda-native; then
   # and libtorch then sees no CUDA. Loading it first is enough.
   if [ -n "$TORCH_DIR" ] && [ -f "$TORCH_DIR/lib/libtorch_cuda.so" ]; then
     OURS=(env "LD_PRELOAD=$TORCH_DIR/lib/libtorch_cuda.so")
-    smoke cuda-preload || OURS=(env)
+    if ! smoke cuda-preload; then
+      # Which libraries the loader found, for the post-mortem.
+      OURS=(env LD_DEBUG=libs "LD_PRELOAD=$TORCH_DIR/lib/libtorch_cuda.so")
+      smoke cuda-diag-ld-debug 2>/dev/null
+      OURS=(env)
+      mv "$OUT/logs/cuda-diag-ld-debug.err" "$OUT/logs/cuda-diag-ld-debug.full" 2>/dev/null
+      grep -E 'torch|cuda|cudnn|cublas|not found|error' "$OUT/logs/cuda-diag-ld-debug.full" 2>/dev/null |
+        head -n 400 >"$OUT/logs/cuda-diag-ld-debug.err"
+      rm -f "$OUT/logs/cuda-diag-ld-debug.full"
+    fi
   fi
 fi
 OURS_PRECISION=$PRECISION
@@ -271,7 +287,7 @@ fi
 
 # ---- 5. summary ---------------------------------------------------------------------------------------
 log "summary"
-"$PY" - "$OUT" "$WARM" <<'PYEOF' || log "summary: failed"
+timeout 60 "$PY" - "$OUT" "$WARM" <<'PYEOF' || log "summary: failed"
 import json, os, statistics, sys, time
 
 out, warm = sys.argv[1], int(sys.argv[2])
