@@ -66,8 +66,14 @@ fi
 if [ "$top/target/release/pretrain" -nt "$LEWEL_BIN/pretrain" ]; then
   echo "device-check: warning: $LEWEL_BIN/pretrain is older than target/release/pretrain; run $0 prepare" >&2
 fi
+# The python with torch (the peer's, and the libtorch our binary loads): python3, else this checkout's venv.
 PY=${PYTHON:-python3}
-if ! timeout 60 "$PY" -c 'import torch' 2>/dev/null && [ -x "$top/.venv/bin/python" ]; then PY=$top/.venv/bin/python; fi
+torch_dir() { timeout 60 "$PY" -c 'import torch, os; print(os.path.dirname(torch.__file__))' 2>/dev/null; }
+TORCH_DIR=$(torch_dir)
+if [ -z "$TORCH_DIR" ] && [ -x "$top/.venv/bin/python" ]; then
+  PY=$top/.venv/bin/python
+  TORCH_DIR=$(torch_dir)
+fi
 PEER=$top/benches/pretrain/torch_lewel.py
 STEPS_ALL=$((WARM + STEPS))
 N_VIEWS=$((2 * (BATCH > BATCH_M ? BATCH : BATCH_M)))
@@ -86,7 +92,6 @@ printf 'stage\trc\tseconds\tstatus\tlimit_s\n' >"$OUT/stages.tsv"
 log() { echo "device-check: [$SECONDS s] $*" >&2; }
 
 # Our binary finds libtorch through LD_LIBRARY_PATH: its rpath names the build machine's venv.
-TORCH_DIR=$(timeout 60 "$PY" -c 'import torch, os; print(os.path.dirname(torch.__file__))' 2>/dev/null || true)
 if [ -n "$TORCH_DIR" ]; then
   libs=$TORCH_DIR/lib
   for d in "$TORCH_DIR"/../nvidia/*/lib; do [ -d "$d" ] && libs=$libs:$d; done
@@ -121,7 +126,7 @@ stage() {
   local limit=$((max < left ? max : left))
   printf '%q ' "$@" >"$OUT/logs/$name.cmd"
   echo >>"$OUT/logs/$name.cmd"
-  if ((left < need)); then
+  if ((left < need || limit < 1)); then
     log "$name: skipped ($left s of the budget left, needs $need s)"
     printf '%s\t\t0\tskipped\t%s\n' "$name" "$limit" >>"$OUT/stages.tsv"
     return 99
@@ -248,46 +253,9 @@ fi
 printf '{"ours_env": "%s", "ours_precision": "%s", "ours_channels_last": %s}\n' \
   "${OURS[*]:1}" "$OURS_PRECISION" "$OURS_CL" >"$OUT/env/ours.json"
 
-# ---- 4. the main comparison, then the optional stages -------------------------------------------------
-# ours NAME NEED BATCH ARGS...: pretrain on the views for WARM + STEPS steps; stdout (events) to logs/NAME.out.
-ours() {
-  local name=$1 need=$2 batch=$3
-  shift 3
-  rm -rf "$tmp/run-$name"
-  stage "$name" "$need" 180 "${OURS[@]}" "$LEWEL_BIN/pretrain" --views "$VIEWS" --arch "$ARCH" --batch-size "$batch" \
-    --device "$DEVICE" "${AMP_FLAGS[@]}" --max-steps "$STEPS_ALL" --log-every 1 --ckpt-every-epochs 0 --quiet \
-    --out "$tmp/run-$name" "$@"
-  local rc=$?
-  rm -rf "$tmp/run-$name"
-  return $rc
-}
-# peer NAME NEED METHOD ARGS...: the same model and step in PyTorch eager; one JSON line to logs/NAME.out.
-peer() {
-  local name=$1 need=$2 method=$3
-  shift 3
-  stage "$name" "$need" 180 "$PY" "$PEER" --views "$VIEWS" --method "$method" --device "$DEVICE" \
-    --arch "$ARCH" --stem imagenet --width 64 --proj-dim 256 --hidden-dim 4096 --groups 4 --batch-size "$BATCH" \
-    --steps "$STEPS" --warmup-steps "$WARM" "$@"
-}
-LEWELB=(--preset in1k-lewelb-eman-200ep --bn-splits 1)
-main_ok=1
-ours ours-lewelb 30 "$BATCH" "${LEWELB[@]}" --method lewel-b || main_ok=0
-peer peer-lewelb 30 lewel-b "${PEER_AMP[@]}" || main_ok=0
-if [ "$EXTRAS" = 1 ]; then
-  if [ "$OURS_PRECISION" != "$PRECISION" ]; then
-    peer peer-lewelb-fp32 35 lewel-b --precision fp32
-  fi
-  ours ours-byol 40 "$BATCH" "${LEWELB[@]}" --method byol
-  MOCO=(--bn-splits "$BN_SPLITS_M" --queue-size "$QUEUE")
-  ours ours-mocov2 45 "$BATCH_M" --preset in1k-mocov2-200ep --method mocov2 "${MOCO[@]}"
-  ours ours-lewelm 45 "$BATCH_M" --preset in1k-lewelm-200ep --method lewel-m "${MOCO[@]}"
-  peer peer-lewelb-tuned 35 lewel-b "${PEER_AMP[@]}" --foreach --cudnn-benchmark
-  peer peer-byol 35 byol "${PEER_AMP[@]}"
-fi
-
-# ---- 5. summary ---------------------------------------------------------------------------------------
-log "summary"
-timeout 60 "$PY" - "$OUT" "$WARM" <<'PYEOF' || log "summary: failed"
+# write_summary: $OUT/summary.json and $OUT/summary.md from stages.tsv and the logs (also printed).
+write_summary() {
+  timeout 60 "$PY" - "$OUT" "$WARM" <<'PYEOF' || log "summary: failed"
 import json, os, statistics, sys, time
 
 out, warm = sys.argv[1], int(sys.argv[2])
@@ -453,5 +421,48 @@ with open(os.path.join(out, "summary.md"), "w") as f:
     f.write("\n".join(md) + "\n")
 print("\n".join(md))
 PYEOF
+}
+
+# ---- 4. the main comparison, then the optional stages -------------------------------------------------
+# ours NAME NEED BATCH ARGS...: pretrain on the views for WARM + STEPS steps; stdout (events) to logs/NAME.out.
+ours() {
+  local name=$1 need=$2 batch=$3
+  shift 3
+  rm -rf "$tmp/run-$name"
+  stage "$name" "$need" 180 "${OURS[@]}" "$LEWEL_BIN/pretrain" --views "$VIEWS" --arch "$ARCH" --batch-size "$batch" \
+    --device "$DEVICE" "${AMP_FLAGS[@]}" --max-steps "$STEPS_ALL" --log-every 1 --ckpt-every-epochs 0 --quiet \
+    --out "$tmp/run-$name" "$@"
+  local rc=$?
+  rm -rf "$tmp/run-$name"
+  return $rc
+}
+# peer NAME NEED METHOD ARGS...: the same model and step in PyTorch eager; one JSON line to logs/NAME.out.
+peer() {
+  local name=$1 need=$2 method=$3
+  shift 3
+  stage "$name" "$need" 180 "$PY" "$PEER" --views "$VIEWS" --method "$method" --device "$DEVICE" \
+    --arch "$ARCH" --stem imagenet --width 64 --proj-dim 256 --hidden-dim 4096 --groups 4 --batch-size "$BATCH" \
+    --steps "$STEPS" --warmup-steps "$WARM" "$@"
+}
+LEWELB=(--preset in1k-lewelb-eman-200ep --bn-splits 1)
+main_ok=1
+ours ours-lewelb 30 "$BATCH" "${LEWELB[@]}" --method lewel-b || main_ok=0
+peer peer-lewelb 30 lewel-b "${PEER_AMP[@]}" || main_ok=0
+write_summary >/dev/null # a first summary, in case the call is cut short during the optional stages
+if [ "$EXTRAS" = 1 ]; then
+  if [ "$OURS_PRECISION" != "$PRECISION" ]; then
+    peer peer-lewelb-fp32 35 lewel-b --precision fp32
+  fi
+  ours ours-byol 40 "$BATCH" "${LEWELB[@]}" --method byol
+  MOCO=(--bn-splits "$BN_SPLITS_M" --queue-size "$QUEUE")
+  ours ours-mocov2 45 "$BATCH_M" --preset in1k-mocov2-200ep --method mocov2 "${MOCO[@]}"
+  ours ours-lewelm 45 "$BATCH_M" --preset in1k-lewelm-200ep --method lewel-m "${MOCO[@]}"
+  peer peer-lewelb-tuned 35 lewel-b "${PEER_AMP[@]}" --foreach --cudnn-benchmark
+  peer peer-byol 35 byol "${PEER_AMP[@]}"
+fi
+
+# ---- 5. summary ---------------------------------------------------------------------------------------
+log "summary"
+write_summary
 log "done; results in $OUT"
 [ "$main_ok" = 1 ]
