@@ -14,8 +14,10 @@
 #   peer-lewelb   the same step in PyTorch eager (benches/pretrain/torch_lewel.py), autocast
 #   optional, while the budget lasts: ours-byol, ours-mocov2 and ours-lewelm (BATCH_M),
 #                 peer-lewelb-tuned (--foreach --cudnn-benchmark), peer-byol
-#   summary       $OUT/summary.json and $OUT/summary.md (medians, images/s, ratios, commands)
-# Everything lands under $OUT: logs/<stage>.{cmd,out,err,gpumem}, env/, stages.tsv, summary.*.
+#   summary       summary.json and summary.md (medians, images/s, ratios, commands)
+# $OUT gets four files (the device tool brings back at most 8): summary.md, summary.json, stages.tsv and
+# logs.tar.gz (device-check/{logs/<stage>.{cmd,out,err,gpumem},env/,console.log,...}); they are written
+# once right after the main comparison and again at the end.
 # Exit status: 0 when both main stages (ours-lewelb, peer-lewelb) succeeded, else 1.
 #
 # Knobs (environment; defaults are the GPU check):
@@ -79,17 +81,21 @@ STEPS_ALL=$((WARM + STEPS))
 N_VIEWS=$((2 * (BATCH > BATCH_M ? BATCH : BATCH_M)))
 QUEUE=$((2 * BATCH_M))
 
-mkdir -p "$OUT/logs" "$OUT/env"
+mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/device-check.XXXXXX")
+W=$tmp/device-check # the working files; published by `publish`
+mkdir -p "$W/logs" "$W/env"
+exec 2> >(tee "$W/console.log" >&2)
 sampler=
 cleanup() {
   [ -n "$sampler" ] && kill "$sampler" 2>/dev/null
   rm -rf "$tmp"
 }
 trap cleanup EXIT
-printf 'stage\trc\tseconds\tstatus\tlimit_s\n' >"$OUT/stages.tsv"
+printf 'stage\trc\tseconds\tstatus\tlimit_s\n' >"$W/stages.tsv"
 log() { echo "device-check: [$SECONDS s] $*" >&2; }
+export PYTHONUNBUFFERED=1
 
 # Our binary finds libtorch through LD_LIBRARY_PATH: its rpath names the build machine's venv.
 if [ -n "$TORCH_DIR" ]; then
@@ -106,7 +112,7 @@ PEER_AMP=(--precision "$PRECISION")
 
 gpu_sampler_start() {
   command -v nvidia-smi >/dev/null || return 0
-  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 >"$OUT/logs/$1.gpumem" 2>/dev/null &
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 >"$W/logs/$1.gpumem" 2>/dev/null &
   sampler=$!
 }
 gpu_sampler_stop() {
@@ -124,17 +130,17 @@ stage() {
   shift 3
   local left=$((BUDGET_S - SECONDS))
   local limit=$((max < left ? max : left))
-  printf '%q ' "$@" >"$OUT/logs/$name.cmd"
-  echo >>"$OUT/logs/$name.cmd"
+  printf '%q ' "$@" >"$W/logs/$name.cmd"
+  echo >>"$W/logs/$name.cmd"
   if ((left < need || limit < 1)); then
     log "$name: skipped ($left s of the budget left, needs $need s)"
-    printf '%s\t\t0\tskipped\t%s\n' "$name" "$limit" >>"$OUT/stages.tsv"
+    printf '%s\t\t0\tskipped\t%s\n' "$name" "$limit" >>"$W/stages.tsv"
     return 99
   fi
   log "$name: start (limit $limit s)"
   local t0=$SECONDS rc status
   gpu_sampler_start "$name"
-  timeout -k 5 "$limit" "$@" >"$OUT/logs/$name.out" 2>"$OUT/logs/$name.err"
+  timeout -k 5 "$limit" "$@" >"$W/logs/$name.out" 2>"$W/logs/$name.err"
   rc=$?
   gpu_sampler_stop
   case $rc in
@@ -143,8 +149,8 @@ stage() {
     *) status=failed ;;
   esac
   log "$name: $status (rc $rc, $((SECONDS - t0)) s)"
-  [ "$status" = ok ] || tail -n 5 "$OUT/logs/$name.err" | sed "s/^/  $name: /" >&2
-  printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$rc" "$((SECONDS - t0))" "$status" "$limit" >>"$OUT/stages.tsv"
+  [ "$status" = ok ] || tail -n 5 "$W/logs/$name.err" | sed "s/^/  $name: /" >&2
+  printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$rc" "$((SECONDS - t0))" "$status" "$limit" >>"$W/stages.tsv"
   return $rc
 }
 
@@ -166,7 +172,7 @@ env_info() {
 export -f env_info
 export LEWEL_BIN
 stage env 0 30 bash -c env_info
-timeout 20 nvidia-smi --query-gpu=name --format=csv,noheader >"$OUT/env/gpu-name.txt" 2>/dev/null
+timeout 20 nvidia-smi --query-gpu=name --format=csv,noheader >"$W/env/gpu-name.txt" 2>/dev/null
 stage torch 0 60 "$PY" -c '
 import json, torch
 d = {"torch": torch.__version__, "cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available(),
@@ -235,10 +241,10 @@ if ! smoke cuda-native; then
       OURS=(env LD_DEBUG=libs "LD_PRELOAD=$TORCH_DIR/lib/libtorch_cuda.so")
       smoke cuda-diag-ld-debug 2>/dev/null
       OURS=(env)
-      mv "$OUT/logs/cuda-diag-ld-debug.err" "$OUT/logs/cuda-diag-ld-debug.full" 2>/dev/null
-      grep -E 'torch|cuda|cudnn|cublas|not found|error' "$OUT/logs/cuda-diag-ld-debug.full" 2>/dev/null |
-        head -n 400 >"$OUT/logs/cuda-diag-ld-debug.err"
-      rm -f "$OUT/logs/cuda-diag-ld-debug.full"
+      mv "$W/logs/cuda-diag-ld-debug.err" "$W/logs/cuda-diag-ld-debug.full" 2>/dev/null
+      grep -E 'torch|cuda|cudnn|cublas|not found|error' "$W/logs/cuda-diag-ld-debug.full" 2>/dev/null |
+        head -n 400 >"$W/logs/cuda-diag-ld-debug.err"
+      rm -f "$W/logs/cuda-diag-ld-debug.full"
     fi
   fi
 fi
@@ -251,11 +257,11 @@ if [ ${#AMP_FLAGS[@]} -gt 0 ] && ! smoke cuda-amp-flags "${AMP_FLAGS[@]}"; then
   OURS_CL=0
 fi
 printf '{"ours_env": "%s", "ours_precision": "%s", "ours_channels_last": %s}\n' \
-  "${OURS[*]:1}" "$OURS_PRECISION" "$OURS_CL" >"$OUT/env/ours.json"
+  "${OURS[*]:1}" "$OURS_PRECISION" "$OURS_CL" >"$W/env/ours.json"
 
-# write_summary: $OUT/summary.json and $OUT/summary.md from stages.tsv and the logs (also printed).
-write_summary() {
-  timeout 60 "$PY" - "$OUT" "$WARM" <<'PYEOF' || log "summary: failed"
+# publish: summary.json and summary.md from stages.tsv and the logs (printed too), then the four files in $OUT.
+publish() {
+  timeout 60 "$PY" - "$W" "$WARM" <<'PYEOF' || log "summary: failed"
 import json, os, statistics, sys, time
 
 out, warm = sys.argv[1], int(sys.argv[2])
@@ -421,6 +427,9 @@ with open(os.path.join(out, "summary.md"), "w") as f:
     f.write("\n".join(md) + "\n")
 print("\n".join(md))
 PYEOF
+  cp "$W/stages.tsv" "$OUT/"
+  cp "$W"/summary.* "$OUT/" 2>/dev/null
+  tar czf "$OUT/logs.tar.gz.part" -C "$tmp" device-check && mv "$OUT/logs.tar.gz.part" "$OUT/logs.tar.gz"
 }
 
 # ---- 4. the main comparison, then the optional stages -------------------------------------------------
@@ -448,7 +457,7 @@ LEWELB=(--preset in1k-lewelb-eman-200ep --bn-splits 1)
 main_ok=1
 ours ours-lewelb 30 "$BATCH" "${LEWELB[@]}" --method lewel-b || main_ok=0
 peer peer-lewelb 30 lewel-b "${PEER_AMP[@]}" || main_ok=0
-write_summary >/dev/null # a first summary, in case the call is cut short during the optional stages
+publish >/dev/null # a first summary, in case the call is cut short during the optional stages
 if [ "$EXTRAS" = 1 ]; then
   if [ "$OURS_PRECISION" != "$PRECISION" ]; then
     peer peer-lewelb-fp32 35 lewel-b --precision fp32
@@ -463,6 +472,6 @@ fi
 
 # ---- 5. summary ---------------------------------------------------------------------------------------
 log "summary"
-write_summary
-log "done; results in $OUT"
+publish
+log "done; results in $OUT (summary.md, summary.json, stages.tsv, logs.tar.gz)"
 [ "$main_ok" = 1 ]
