@@ -26,7 +26,7 @@
 #   BN_SPLITS_M=8 (lewel-m, mocov2; lewel-b and byol use 1)  EXTRAS=1 (0: main comparison only)
 #   BUDGET_S=285 (no stage starts or runs past this many seconds from the start)
 #   PYTHON=python3 (needs torch)  LEWEL_BIN=target/device, else target/release
-# A CPU dry run of every stage in about two minutes:
+# A CPU dry run of every stage (under a minute on an idle 2-core machine):
 #   DEVICE=cpu ARCH=resnet18 SIZE=32 BATCH=8 BATCH_M=16 WARM=1 STEPS=3 PRECISION=fp32 CHANNELS_LAST=0 \
 #     scripts/device-check.sh
 set -u
