@@ -6,10 +6,18 @@ Usage:
   python torch_lewel.py --golden                   # checks this model against the §11.2 golden values
   python torch_lewel.py --views V.npy --steps 20 [--method lewel-b|byol] [model flags]
                                                    # prints one JSON line with the median step time
-"""
-import argparse, json, math, sys, time
+  python torch_lewel.py --views V.npy --device cuda --precision bf16 --channels-last ...
+                                                   # the GPU peer of scripts/device-check.sh
 
-import numpy as np
+On a GPU each timed step copies the batch from host memory (as `pretrain` does), runs the forward under
+torch.autocast (bf16, or fp16 with a GradScaler), and is bracketed by torch.cuda.synchronize(). LARS reads
+all its norms in one transfer, as `pretrain` does (the official code calls `.item()` per parameter);
+`--foreach` does LARS and the EMA with torch._foreach_* kernels (what torch.optim does on CUDA), and
+`--cudnn-benchmark` sets torch.backends.cudnn.benchmark (the official main.py does): together, a tuned peer.
+Needs only torch (no numpy).
+"""
+import argparse, ast, json, math, sys, time
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -167,36 +175,80 @@ class Lewel(nn.Module):
         return self.loss_dir(o1, t2) + self.loss_dir(o2, t1)
 
     @torch.no_grad()
-    def momentum_update(self, m):
-        so, st = self.online_net.state_dict(), self.target_net.state_dict()
-        for k, vt in st.items():
-            if k.endswith("num_batches_tracked"):
-                vt.copy_(so[k])
-            else:
-                vt.mul_(m).add_(so[k], alpha=1 - m)
+    def momentum_update(self, m, foreach=False):
+        """EMAN: the whole state (parameters and BN statistics) averaged, num_batches_tracked copied."""
+        if not hasattr(self, "_ema_pairs"):
+            so, st = self.online_net.state_dict(), self.target_net.state_dict()
+            fl = [(st[k], so[k]) for k in st if not k.endswith("num_batches_tracked")]
+            it = [(st[k], so[k]) for k in st if k.endswith("num_batches_tracked")]
+            self._ema_pairs = ([t for t, _ in fl], [o for _, o in fl], [t for t, _ in it], [o for _, o in it])
+        ft, fo, it, io = self._ema_pairs
+        if foreach:
+            torch._foreach_mul_(ft, m)
+            torch._foreach_add_(ft, fo, alpha=1 - m)
+            torch._foreach_copy_(it, io)
+            return
+        for vt, vo in zip(it, io):
+            vt.copy_(vo)
+        for vt, vo in zip(ft, fo):
+            vt.mul_(m).add_(vo, alpha=1 - m)
 
 
 class Lars(torch.optim.Optimizer):
     """§5.1: trust ratio with wd in the denominator, lr inside the momentum buffer."""
 
-    def __init__(self, groups, lr, momentum=0.9, weight_decay=0.0, eta=1e-3):
+    def __init__(self, groups, lr, momentum=0.9, weight_decay=0.0, eta=1e-3, foreach=False):
         super().__init__(groups, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta,
                                       lars_exclude=False))
+        self.foreach = foreach
+
+    def _factors(self):
+        """Per group, the parameters with a gradient and their LARS factors (python floats, as `.item()`
+        gives), with every norm read in one device-to-host transfer."""
+        groups = [(g, [p for p in g["params"] if p.grad is not None]) for g in self.param_groups]
+        adapted = [p for g, ps in groups if not g["lars_exclude"] for p in ps]
+        host = []
+        if adapted:
+            if self.foreach:
+                norms = torch._foreach_norm(adapted) + torch._foreach_norm([p.grad for p in adapted])
+            else:
+                norms = [p.norm() for p in adapted] + [p.grad.norm() for p in adapted]
+            host = torch.stack(norms).double().cpu().tolist()
+        n, i, out = len(adapted), 0, []
+        for g, ps in groups:
+            fs = []
+            for _ in ps:
+                if g["lars_exclude"]:
+                    fs.append(1.0)
+                    continue
+                wn, gn = host[i], host[n + i]
+                i += 1
+                den = gn + g["weight_decay"] * wn
+                fs.append(g["eta"] * wn / den if den > 0 else 0.0)
+            out.append((g, ps, fs))
+        return out
 
     @torch.no_grad()
     def step(self):
-        for g in self.param_groups:
-            for p in g["params"]:
-                if p.grad is None:
-                    continue
-                wd = g["weight_decay"]
-                if g["lars_exclude"]:
-                    local = 1.0
+        for g, ps, fs in self._factors():
+            if not ps:
+                continue
+            wd, lr = g["weight_decay"], g["lr"]
+            if self.foreach:
+                d = torch._foreach_add([p.grad for p in ps], ps, alpha=wd)
+                torch._foreach_mul_(d, [f * lr for f in fs])
+                if all("buf" in self.state[p] for p in ps):
+                    bufs = [self.state[p]["buf"] for p in ps]
+                    torch._foreach_mul_(bufs, g["momentum"])
+                    torch._foreach_add_(bufs, d)
                 else:
-                    wn, gn = p.norm().item(), p.grad.norm().item()
-                    den = gn + wd * wn
-                    local = g["eta"] * wn / den if den > 0 else 0.0
-                d = (p.grad + wd * p) * (local * g["lr"])
+                    bufs = d
+                    for p, b in zip(ps, d):
+                        self.state[p]["buf"] = b
+                torch._foreach_sub_(ps, bufs)
+                continue
+            for p, local in zip(ps, fs):
+                d = (p.grad + wd * p) * (local * lr)
                 st = self.state[p]
                 if "buf" not in st:
                     st["buf"] = d.clone()
@@ -205,14 +257,14 @@ class Lars(torch.optim.Optimizer):
                 p.sub_(st["buf"])
 
 
-def make_optimizer(net, lr, wd, eman=True):
+def make_optimizer(net, lr, wd, eman=True, foreach=False):
     excl, rest = [], []
     for n, p in net.named_parameters():
         if not p.requires_grad:
             continue
         (excl if ("bn" in n or "downsample.1" in n or "bias" in n or (eman and "mlp.1" in n)) else rest).append(p)
     return Lars([{"params": excl, "weight_decay": 0.0, "lars_exclude": True}, {"params": rest}], lr=lr,
-                weight_decay=wd)
+                weight_decay=wd, foreach=foreach)
 
 
 def args_parser():
@@ -232,34 +284,87 @@ def args_parser():
     p.add_argument("--map-scale", type=float, default=1.0)
     p.add_argument("--alpha", type=float, default=0.5)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="fp32, or the forward under torch.autocast in bf16 / fp16 (fp16 with a GradScaler)")
+    p.add_argument("--channels-last", action="store_true", help="model and inputs in channels-last memory format")
+    p.add_argument("--foreach", action="store_true", help="LARS and EMA with torch._foreach_* kernels")
+    p.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")
     return p
+
+
+def load_views(path, n):
+    """The first n view pairs of a float32 [N,2,3,H,W] .npy file (C order), read without numpy."""
+    with open(path, "rb") as f:
+        if f.read(6) != b"\x93NUMPY":
+            raise SystemExit(f"{path}: not a .npy file")
+        major = f.read(2)[0]
+        hlen = int.from_bytes(f.read(2 if major == 1 else 4), "little")
+        h = ast.literal_eval(f.read(hlen).decode("latin1"))
+        shape = tuple(h["shape"])
+        if h["descr"] != "<f4" or h["fortran_order"] or len(shape) != 5 or shape[1] != 2:
+            raise SystemExit(f"{path}: want little-endian float32 [N,2,3,H,W] in C order, got {h}")
+        if shape[0] < n:
+            raise SystemExit(f"{path}: {shape[0]} view pairs, fewer than --batch-size {n}")
+        count = n * math.prod(shape[1:])
+        data = bytearray(f.read(count * 4))
+    return torch.frombuffer(data, dtype=torch.float32).reshape((n,) + shape[1:])
 
 
 def bench(a):
     if a.threads:
         torch.set_num_threads(a.threads)
+    dev = torch.device(a.device)
+    cuda = dev.type == "cuda"
+    if a.cudnn_benchmark:
+        torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
-    views = torch.from_numpy(np.load(a.views, mmap_mode="r")[: a.batch_size].copy())
-    v1, v2 = views[:, 0].contiguous(), views[:, 1].contiguous()
-    net = Lewel(a)
+    views = load_views(a.views, a.batch_size)
+    h1, h2 = views[:, 0].contiguous(), views[:, 1].contiguous()
+    fmt = torch.channels_last if a.channels_last else torch.contiguous_format
+    net = Lewel(a).to(dev, memory_format=fmt)
     net.train()
     net.target_net.eval()
-    opt = make_optimizer(net, 0.1, 1e-5)
+    opt = make_optimizer(net, 0.1, 1e-5, foreach=a.foreach)
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(a.precision)
+    scaler = torch.amp.GradScaler(dev.type) if a.precision == "fp16" else None
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(dev)
     times, all_times = [], []
     for i in range(a.steps + a.warmup_steps):
+        sync()
         t = time.perf_counter()
-        loss = net(v1, v2)
+        # The batch comes from host memory every step, as in `pretrain` (pageable, blocking copy).
+        v1, v2 = h1.to(dev, memory_format=fmt), h2.to(dev, memory_format=fmt)
+        with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
+            loss = net(v1, v2)
         opt.zero_grad()
-        loss.backward()
-        opt.step()
-        net.momentum_update(0.99)
-        all_times.append(round(time.perf_counter() - t, 3))
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+        net.momentum_update(0.99, foreach=a.foreach)
+        sync()
+        all_times.append(round(time.perf_counter() - t, 4))
         if i >= a.warmup_steps:
             times.append(all_times[-1])
     times.sort()
-    print(json.dumps({"peer": "pytorch-eager", "method": a.method, "arch": a.arch, "batch": a.batch_size,
-                      "size_px": v1.shape[-1], "step_s_median": times[len(times) // 2], "steps": len(times),
-                      "loss": loss.item(), "step_s_all": all_times}))
+    med = times[len(times) // 2]
+    out = {"peer": "pytorch-eager", "method": a.method, "arch": a.arch, "batch": a.batch_size,
+           "size_px": v1.shape[-1], "device": str(dev), "precision": a.precision,
+           "channels_last": a.channels_last, "foreach": a.foreach, "cudnn_benchmark": a.cudnn_benchmark,
+           "torch": torch.__version__, "step_s_median": med, "images_per_s": round(a.batch_size / med, 1),
+           "steps": len(times), "warmup_steps": a.warmup_steps, "loss": loss.item(), "step_s_all": all_times}
+    if cuda:
+        mib = 2 ** 20
+        out.update(device_name=torch.cuda.get_device_name(dev),
+                   peak_allocated_mib=round(torch.cuda.max_memory_allocated(dev) / mib),
+                   peak_reserved_mib=round(torch.cuda.max_memory_reserved(dev) / mib))
+    print(json.dumps(out))
 
 
 # ---- §11.2 golden values: the integer-hash fill ------------------------------------------------
