@@ -39,11 +39,12 @@ if [ "${1:-}" = prepare ]; then
   cargo build --release -p pretrain
   mkdir -p target/device
   strip -o target/device/pretrain target/release/pretrain
-  ls -l target/device/pretrain >&2
-  if ! readelf -d target/device/pretrain | grep -qE 'NEEDED.*\[libtorch(_cuda)?\.so\]'; then
-    echo "device-check: note: pretrain does not link libtorch.so / libtorch_cuda.so (the linker dropped them as" \
-      "unused), so it sees no CUDA by itself; the check then runs it with LD_PRELOAD=.../libtorch_cuda.so" >&2
-  fi
+  # the NCCL group-of-one test (ffi/tests/nccl.rs), run with --ignored on the GPU
+  nccl=$(cargo test --release -p lewel-ffi --test nccl --no-run --message-format=json 2>/dev/null |
+    sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1)
+  [ -n "$nccl" ] && strip -o target/device/nccl-test "$nccl"
+  ls -l target/device >&2
+  # (libtorch_cuda is not linked: the binaries open it when --device cuda asks for it.)
   echo "device-check: carry target/device; on the machine run: OUT=\$OUT scripts/device-check.sh" >&2
   exit 0
 fi
@@ -248,6 +249,13 @@ if ! smoke cuda-native; then
     fi
   fi
 fi
+# fp16 with loss scaling on the GPU (the main comparison is bf16)
+[ "$DEVICE" = cuda ] && smoke cuda-fp16 --precision fp16
+# The NCCL process group (a group of one: NCCL refuses two ranks on one GPU), built through libtorch_cuda's
+# exported symbols: every collective on CUDA tensors.
+if [ -x "$LEWEL_BIN/nccl-test" ]; then
+  stage nccl 5 60 "$LEWEL_BIN/nccl-test" --ignored --nocapture --test-threads 1
+fi
 OURS_PRECISION=$PRECISION
 OURS_CL=$CHANNELS_LAST
 if [ ${#AMP_FLAGS[@]} -gt 0 ] && ! smoke cuda-amp-flags "${AMP_FLAGS[@]}"; then
@@ -380,7 +388,7 @@ summary = {
     "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "device_name": device_name,
     "git_revision": runs.get("ours-lewelb", {}).get("git_revision"),
     "cuda_from_our_binary": {"native": status.get("cuda-native"), "with_ld_preload": status.get("cuda-preload"),
-                             "precision_flags": status.get("cuda-amp-flags"),
+                             "precision_flags": status.get("cuda-amp-flags"), "nccl_group": status.get("nccl"),
                              "device_in_start_event": runs.get("ours-lewelb", {}).get("device")}, "torch": torch_env.get("torch"), "cuda": torch_env.get("cuda"),
     "cudnn": torch_env.get("cudnn"), "numpy": torch_env.get("numpy"), "warmup_steps_dropped": warm,
     "ours_env_prefix": ours_env.get("ours_env"), "stages": stages, "runs": runs, "ratios": ratios,

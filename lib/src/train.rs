@@ -843,6 +843,10 @@ pub fn run(
         None => None,
     };
 
+    if let Device::Cuda(_) = opts.device {
+        // fixed input shapes: let cuDNN pick its fastest kernels once (as the official main_lewel.py does)
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
     // Data parallelism: each rank builds the model with its share of the global batch's BN slices.
     let local = local_model(&cfg.model)?;
     crate::model::batchnorm::set_sync(cfg.model.sync_bn);
