@@ -314,6 +314,60 @@ int lewel_amp_unscale(at::Tensor** grads, int n, at::Tensor* found_inf, at::Tens
   })
 }
 
+// ---- multi-tensor ("foreach") kernels: one launch for a whole list, as torch.optim's foreach paths --------
+
+namespace {
+std::vector<at::Tensor> list(at::Tensor** ts, int n) {
+  std::vector<at::Tensor> v;
+  v.reserve(n);
+  for (int i = 0; i < n; ++i) v.push_back(*ts[i]);
+  return v;
+}
+} // namespace
+
+// a[i] *= s
+int lewel_foreach_mul_scalar_(at::Tensor** a, int n, double s) {
+  LEWEL_GUARD({ at::_foreach_mul_(list(a, n), s); })
+}
+
+// a[i] *= s[i]
+int lewel_foreach_mul_scalars_(at::Tensor** a, int n, const double* s) {
+  LEWEL_GUARD({
+    std::vector<at::Scalar> sc(s, s + n);
+    at::_foreach_mul_(list(a, n), sc);
+  })
+}
+
+// out[i] = a[i] * s[i] (new tensors)
+int lewel_foreach_mul_scalars(at::Tensor** a, int n, const double* s, at::Tensor** out) {
+  LEWEL_GUARD({
+    std::vector<at::Scalar> sc(s, s + n);
+    auto r = at::_foreach_mul(list(a, n), sc);
+    for (int i = 0; i < n; ++i) out[i] = new at::Tensor(std::move(r[i]));
+  })
+}
+
+// a[i] += alpha * b[i]
+int lewel_foreach_add_(at::Tensor** a, at::Tensor** b, int n, double alpha) {
+  LEWEL_GUARD({ at::_foreach_add_(list(a, n), list(b, n), alpha); })
+}
+
+// out[i] = a[i] + alpha * b[i] (new tensors)
+int lewel_foreach_add(at::Tensor** a, at::Tensor** b, int n, double alpha, at::Tensor** out) {
+  LEWEL_GUARD({
+    auto r = at::_foreach_add(list(a, n), list(b, n), alpha);
+    for (int i = 0; i < n; ++i) out[i] = new at::Tensor(std::move(r[i]));
+  })
+}
+
+// *out = the L2 norms of a[i], stacked into one 1-D tensor (float64)
+int lewel_foreach_norms(at::Tensor** a, int n, at::Tensor** out) {
+  LEWEL_GUARD({
+    auto r = at::_foreach_norm(list(a, n), 2);
+    *out = new at::Tensor(at::stack(r, 0).to(at::kDouble));
+  })
+}
+
 // *out = `in` in channels-last (channels_last != 0) or the default contiguous memory format.
 int lewel_memory_format(at::Tensor* in, int channels_last, at::Tensor** out) {
   LEWEL_GUARD({

@@ -38,6 +38,18 @@ extern "C" {
     fn lewel_autocast_enter(device: c_int, dtype: c_int, prev_enabled: *mut c_int, prev_dtype: *mut c_int) -> c_int;
     fn lewel_autocast_exit(device: c_int, prev_enabled: c_int, prev_dtype: c_int) -> c_int;
     fn lewel_amp_unscale(grads: *const *mut C_tensor, n: c_int, found_inf: *mut C_tensor, inv: *mut C_tensor) -> c_int;
+    fn lewel_foreach_mul_scalar_(a: *const *mut C_tensor, n: c_int, s: f64) -> c_int;
+    fn lewel_foreach_mul_scalars_(a: *const *mut C_tensor, n: c_int, s: *const f64) -> c_int;
+    fn lewel_foreach_mul_scalars(a: *const *mut C_tensor, n: c_int, s: *const f64, out: *mut *mut C_tensor) -> c_int;
+    fn lewel_foreach_add_(a: *const *mut C_tensor, b: *const *mut C_tensor, n: c_int, alpha: f64) -> c_int;
+    fn lewel_foreach_add(
+        a: *const *mut C_tensor,
+        b: *const *mut C_tensor,
+        n: c_int,
+        alpha: f64,
+        out: *mut *mut C_tensor,
+    ) -> c_int;
+    fn lewel_foreach_norms(a: *const *mut C_tensor, n: c_int, out: *mut *mut C_tensor) -> c_int;
     fn lewel_memory_format(input: *mut C_tensor, channels_last: c_int, out: *mut *mut C_tensor) -> c_int;
     fn lewel_is_channels_last(input: *mut C_tensor) -> c_int;
 }
@@ -235,6 +247,77 @@ pub mod amp {
     }
 }
 
+/// libtorch's multi-tensor kernels (`_foreach_*`): one launch per list instead of one per tensor, which is what
+/// keeps an optimiser step over hundreds of small parameters from being bound by kernel launches on a GPU. All
+/// tensors of a call on one device; lists of equal length.
+pub mod foreach {
+    use super::*;
+
+    fn same_len(a: &[Tensor], b: &[Tensor]) -> Result<()> {
+        if a.len() == b.len() {
+            Ok(())
+        } else {
+            Err(Error(format!("foreach: lists of {} and {} tensors", a.len(), b.len())))
+        }
+    }
+
+    /// `a[i] *= s`, in place.
+    pub fn mul_scalar_(a: &[Tensor], s: f64) -> Result<()> {
+        let p = ptrs(a);
+        // SAFETY: live tensors borrowed for the call.
+        check(unsafe { lewel_foreach_mul_scalar_(p.as_ptr(), count(p.len())?, s) })
+    }
+
+    /// `a[i] *= s[i]`, in place.
+    pub fn mul_scalars_(a: &[Tensor], s: &[f64]) -> Result<()> {
+        if a.len() != s.len() {
+            return Err(Error(format!("foreach: {} tensors and {} scalars", a.len(), s.len())));
+        }
+        let p = ptrs(a);
+        // SAFETY: live tensors and a slice of as many scalars, borrowed for the call.
+        check(unsafe { lewel_foreach_mul_scalars_(p.as_ptr(), count(p.len())?, s.as_ptr()) })
+    }
+
+    /// `a[i] · s[i]`, as new tensors.
+    pub fn mul_scalars(a: &[Tensor], s: &[f64]) -> Result<Vec<Tensor>> {
+        if a.len() != s.len() {
+            return Err(Error(format!("foreach: {} tensors and {} scalars", a.len(), s.len())));
+        }
+        let p = ptrs(a);
+        let mut out = vec![std::ptr::null_mut(); a.len()];
+        // SAFETY: live tensors and as many scalars; on success every `out` slot is a fresh tensor we own.
+        check(unsafe { lewel_foreach_mul_scalars(p.as_ptr(), count(p.len())?, s.as_ptr(), out.as_mut_ptr()) })?;
+        Ok(out.into_iter().map(|p| unsafe { owned(p) }).collect())
+    }
+
+    /// `a[i] += alpha · b[i]`, in place.
+    pub fn add_(a: &[Tensor], b: &[Tensor], alpha: f64) -> Result<()> {
+        same_len(a, b)?;
+        let (pa, pb) = (ptrs(a), ptrs(b));
+        // SAFETY: as above.
+        check(unsafe { lewel_foreach_add_(pa.as_ptr(), pb.as_ptr(), count(pa.len())?, alpha) })
+    }
+
+    /// `a[i] + alpha · b[i]`, as new tensors.
+    pub fn add(a: &[Tensor], b: &[Tensor], alpha: f64) -> Result<Vec<Tensor>> {
+        same_len(a, b)?;
+        let (pa, pb) = (ptrs(a), ptrs(b));
+        let mut out = vec![std::ptr::null_mut(); a.len()];
+        // SAFETY: as above; on success every `out` slot holds a fresh tensor we now own.
+        check(unsafe { lewel_foreach_add(pa.as_ptr(), pb.as_ptr(), count(pa.len())?, alpha, out.as_mut_ptr()) })?;
+        Ok(out.into_iter().map(|p| unsafe { owned(p) }).collect())
+    }
+
+    /// The L2 norm of every tensor, as one float64 vector.
+    pub fn norms(a: &[Tensor]) -> Result<Tensor> {
+        let p = ptrs(a);
+        let mut out = std::ptr::null_mut();
+        // SAFETY: as above; `out` a fresh tensor on success.
+        check(unsafe { lewel_foreach_norms(p.as_ptr(), count(p.len())?, &mut out) })?;
+        Ok(unsafe { owned(out) })
+    }
+}
+
 /// `t` in channels-last (NHWC strides) or, with `channels_last = false`, the default contiguous format. 4-D only
 /// for channels-last; other tensors come back unchanged.
 pub fn to_memory_format(t: &Tensor, channels_last: bool) -> Result<Tensor> {
@@ -289,6 +372,27 @@ mod tests {
         assert_eq!(found.double_value(&[0]), 0.0);
         amp::unscale(&g, &found, &inv).unwrap();
         assert_eq!(found.double_value(&[0]), 1.0);
+    }
+
+    #[test]
+    fn foreach_kernels_equal_their_loops() {
+        let a: Vec<Tensor> = (1..4).map(|k| Tensor::arange(k * 3, (Kind::Float, tch::Device::Cpu)) + 1.0).collect();
+        let b: Vec<Tensor> = a.iter().map(|t| t * 0.5 - 2.0).collect();
+        let want: Vec<Tensor> = a.iter().zip(&b).map(|(x, y)| (x * 3.0 + y * -0.25) * 2.0).collect();
+        let norms_want: Vec<f64> = a.iter().map(|t| t.norm().double_value(&[])).collect();
+        assert_eq!(Vec::<f64>::try_from(&foreach::norms(&a).unwrap()).unwrap(), norms_want);
+        let c = foreach::add(&a, &b, 1.0).unwrap();
+        let m = foreach::mul_scalars(&a, &[1.0, 2.0, 3.0]).unwrap();
+        assert!(m[1].equal(&(&a[1] * 2.0)) && m[2].equal(&(&a[2] * 3.0)));
+        assert!(c[2].equal(&(&a[2] + &b[2])));
+        foreach::mul_scalar_(&a, 3.0).unwrap();
+        foreach::add_(&a, &b, -0.25).unwrap();
+        foreach::mul_scalars_(&a, &[2.0, 2.0, 2.0]).unwrap();
+        for (x, y) in a.iter().zip(&want) {
+            assert!(x.allclose(y, 1e-6, 1e-6, false));
+        }
+        assert!(foreach::add_(&a, &b[..2], 1.0).is_err());
+        assert!(foreach::mul_scalars_(&a, &[1.0]).is_err());
     }
 
     #[test]

@@ -44,6 +44,9 @@ pub fn ema_tensor(target: &Tensor, online: &Tensor, m: f64) {
 /// `Eman`: every floating entry (parameters and running stats) is averaged, `num_batches_tracked` copied.
 /// `Params`: parameters only; the target's buffers are left alone.
 pub fn ema_update(online: &[StateEntry], target: &[StateEntry], mode: EmaMode, m: f64) {
+    if target.first().is_some_and(|t| t.tensor.device().is_cuda()) && ema_update_foreach(online, target, mode, m) {
+        return;
+    }
     for (o, t) in online.iter().zip(target) {
         debug_assert_eq!(o.name.split_once('.').map(|x| x.1), t.name.split_once('.').map(|x| x.1));
         if !t.is_param && mode == EmaMode::Params {
@@ -57,6 +60,36 @@ pub fn ema_update(online: &[StateEntry], target: &[StateEntry], mode: EmaMode, m
     }
 }
 
+/// [`ema_update`] on a GPU: `t = t·m + (1−m)·o` for the whole list in two multi-tensor launches (hundreds of
+/// per-tensor launches otherwise bound the step); equal to the per-tensor formula up to the last bit (the CPU keeps
+/// that one, whose numbers the golden tests pin). False (nothing changed) if the kernels refuse the lists.
+fn ema_update_foreach(online: &[StateEntry], target: &[StateEntry], mode: EmaMode, m: f64) -> bool {
+    let (mut ts, mut os) = (Vec::new(), Vec::new());
+    let mut copies = Vec::new();
+    for (o, t) in online.iter().zip(target) {
+        if !t.is_param && mode == EmaMode::Params {
+            continue;
+        }
+        if t.name.ends_with("num_batches_tracked") {
+            copies.push((t, o));
+        } else {
+            ts.push(t.tensor.shallow_clone());
+            os.push(o.tensor.shallow_clone());
+        }
+    }
+    tch::no_grad(|| {
+        if lewel_ffi::foreach::mul_scalar_(&ts, m).is_err() {
+            return false; // nothing changed: the per-tensor loop does it
+        }
+        // the same lists as the call above: it cannot fail short of a libtorch bug
+        lewel_ffi::foreach::add_(&ts, &os, 1.0 - m).expect("foreach EMA add after a successful foreach multiply");
+        for (t, o) in copies {
+            t.tensor.shallow_clone().copy_(&o.tensor);
+        }
+        true
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,6 +97,30 @@ mod tests {
 
     fn entry(name: &str, v: &[f64], is_param: bool) -> StateEntry {
         StateEntry { name: name.to_string(), tensor: Tensor::from_slice(v), is_param }
+    }
+
+    #[test]
+    fn foreach_update_equals_the_per_tensor_update() {
+        for mode in [EmaMode::Eman, EmaMode::Params] {
+            let state = |shift: f64| {
+                vec![
+                    entry("online_net.conv.weight", &[1.0 + shift, -2.0, 0.5], true),
+                    entry("online_net.bn.running_mean", &[0.25 + shift, 3.0], false),
+                    StateEntry {
+                        name: "online_net.bn.num_batches_tracked".into(),
+                        tensor: Tensor::from_slice(&[7i64 + shift as i64]),
+                        is_param: false,
+                    },
+                ]
+            };
+            let online = state(1.0);
+            let (ta, tb) = (state(0.0), state(0.0));
+            ema_update(&online, &ta, mode, 0.9);
+            assert!(ema_update_foreach(&online, &tb, mode, 0.9));
+            for (a, b) in ta.iter().zip(&tb) {
+                assert!(a.tensor.allclose(&b.tensor, 1e-15, 1e-15, false), "{mode:?} {}", a.name);
+            }
+        }
     }
 
     #[test]

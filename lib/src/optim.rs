@@ -121,6 +121,11 @@ impl Optimizer {
     /// then `buf = momentum·buf + d`, `w −= buf`.
     /// SGD: `d = g + wd·w`, `buf = d` then `momentum·buf + d`, `w −= lr·buf`.
     pub fn step(&mut self, lr: f64) {
+        let on_gpu = self.slots.first().is_some_and(|s| s.param.device().is_cuda());
+        if on_gpu && self.cfg.momentum != 0.0 && self.slots.iter().all(|s| s.buf.is_some()) {
+            self.step_foreach(lr);
+            return;
+        }
         let cfg = self.cfg.clone();
         tch::no_grad(|| {
             let grads: Vec<Tensor> = self.slots.iter().map(|s| s.param.grad()).collect();
@@ -158,6 +163,57 @@ impl Optimizer {
         });
     }
 
+    /// [`Optimizer::step`] on a GPU once every momentum buffer exists: the same formulas over whole lists in a
+    /// few multi-tensor launches (`_foreach_*`), since hundreds of per-parameter launches otherwise bound the step.
+    /// Equal to the per-parameter path up to the last bit (fused multiply-adds); the CPU keeps that path, whose
+    /// numbers the golden and resume tests pin.
+    fn step_foreach(&mut self, lr: f64) {
+        use lewel_ffi::foreach;
+        let cfg = self.cfg.clone();
+        tch::no_grad(|| {
+            let grads: Vec<Tensor> = self.slots.iter().map(|s| s.param.grad()).collect();
+            let factors = match cfg.kind {
+                OptimizerKind::Lars => self.lars_factors(&grads),
+                OptimizerKind::Sgd => vec![1.0; self.slots.len()],
+            };
+            // two groups: with and without weight decay
+            for decay in [true, false] {
+                let idx: Vec<usize> = (0..self.slots.len())
+                    .filter(|&i| grads[i].defined() && (!self.slots[i].excluded && cfg.weight_decay != 0.0) == decay)
+                    .collect();
+                if idx.is_empty() {
+                    continue;
+                }
+                let g: Vec<Tensor> = idx.iter().map(|&i| grads[i].shallow_clone()).collect();
+                let w: Vec<Tensor> = idx.iter().map(|&i| self.slots[i].param.shallow_clone()).collect();
+                let bufs: Vec<Tensor> =
+                    idx.iter().filter_map(|&i| self.slots[i].buf.as_ref().map(Tensor::shallow_clone)).collect();
+                // d = (g + wd·w)·(local·lr) for LARS, g + wd·w for SGD
+                let scale: Vec<f64> = idx
+                    .iter()
+                    .map(|&i| match cfg.kind {
+                        OptimizerKind::Lars => factors[i] * lr,
+                        OptimizerKind::Sgd => 1.0,
+                    })
+                    .collect();
+                let d = if decay {
+                    let d = foreach::add(&g, &w, cfg.weight_decay).expect("foreach add");
+                    foreach::mul_scalars_(&d, &scale).expect("foreach mul");
+                    d
+                } else {
+                    foreach::mul_scalars(&g, &scale).expect("foreach mul")
+                };
+                foreach::mul_scalar_(&bufs, cfg.momentum).expect("foreach mul");
+                foreach::add_(&bufs, &d, 1.0).expect("foreach add");
+                let alpha = match cfg.kind {
+                    OptimizerKind::Lars => -1.0,
+                    OptimizerKind::Sgd => -lr,
+                };
+                foreach::add_(&w, &bufs, alpha).expect("foreach add");
+            }
+        });
+    }
+
     /// The LARS factor of every slot: 1 in the excluded group, else `η‖w‖ / (‖g‖ + wd‖w‖)` from the norms as f64
     /// scalars (the official `.item()` values). All norms travel to the host in one transfer.
     fn lars_factors(&self, grads: &[Tensor]) -> Vec<f64> {
@@ -167,13 +223,27 @@ impl Optimizer {
         if adapted.is_empty() {
             return factors;
         }
-        let norms: Vec<Tensor> = adapted
-            .iter()
-            .flat_map(|&i| [self.slots[i].param.norm(), grads[i].norm()])
-            .map(|n| n.to_kind(tch::Kind::Double))
-            .collect();
-        let host: Vec<f64> = Vec::try_from(Tensor::stack(&norms, 0).to_device(tch::Device::Cpu))
-            .unwrap_or_else(|_| norms.iter().map(|n| n.double_value(&[])).collect());
+        let host: Vec<f64> = if self.slots[adapted[0]].param.device().is_cuda() {
+            // two multi-tensor launches (weights, gradients), interleaved as below, one transfer
+            let w: Vec<Tensor> = adapted.iter().map(|&i| self.slots[i].param.shallow_clone()).collect();
+            let g: Vec<Tensor> = adapted.iter().map(|&i| grads[i].shallow_clone()).collect();
+            let both = Tensor::stack(
+                &[
+                    lewel_ffi::foreach::norms(&w).expect("foreach norm"),
+                    lewel_ffi::foreach::norms(&g).expect("foreach norm"),
+                ],
+                1,
+            );
+            Vec::try_from(both.reshape([-1]).to_device(tch::Device::Cpu)).unwrap_or_default()
+        } else {
+            let norms: Vec<Tensor> = adapted
+                .iter()
+                .flat_map(|&i| [self.slots[i].param.norm(), grads[i].norm()])
+                .map(|n| n.to_kind(tch::Kind::Double))
+                .collect();
+            Vec::try_from(Tensor::stack(&norms, 0).to_device(tch::Device::Cpu))
+                .unwrap_or_else(|_| norms.iter().map(|n| n.double_value(&[])).collect())
+        };
         let wd = self.cfg.weight_decay;
         for (j, &i) in adapted.iter().enumerate() {
             let (w_norm, g_norm) =
@@ -303,6 +373,41 @@ mod tests {
         let w2 = [w1[0] - (0.9 * d1[0] + d2[0]), w1[1] - (0.9 * d1[1] + d2[1])];
         assert!(w.allclose(&Tensor::from_slice(&w2), 0.0, 1e-15, false));
         assert!((b.double_value(&[0]) - (0.6 - (0.9 * 0.4 + 0.2))).abs() < 1e-15);
+    }
+
+    #[test]
+    fn foreach_step_equals_the_per_parameter_step() {
+        // (the GPU path, checked on the CPU: the multi-tensor kernels work on any device)
+        for kind in [OptimizerKind::Lars, OptimizerKind::Sgd] {
+            let make = || {
+                let ws = [param(&[3.0, 4.0, -1.0]), param(&[1.0, 0.5]), param(&[-2.0])];
+                let names = ["layer.weight", "bn.bias", "fc.weight"];
+                let opt = Optimizer::new(
+                    names.iter().zip(&ws).map(|(n, w)| (n.to_string(), w.shallow_clone())).collect(),
+                    &cfg(kind),
+                );
+                (ws, opt)
+            };
+            let ((wa, mut a), (wb, mut b)) = (make(), make());
+            for step in 0..4 {
+                for (ws, opt) in [(&wa, &mut a), (&wb, &mut b)] {
+                    opt.zero_grad();
+                    for (k, w) in ws.iter().enumerate() {
+                        let g: Vec<f64> = (0..w.numel()).map(|j| ((step * 7 + k * 3 + j) as f64).sin()).collect();
+                        backward(w, &g);
+                    }
+                }
+                a.step(0.3);
+                if step == 0 {
+                    b.step(0.3); // the buffers start per parameter
+                } else {
+                    b.step_foreach(0.3);
+                }
+                for (x, y) in wa.iter().zip(&wb) {
+                    assert!(x.allclose(y, 1e-13, 1e-13, false), "{kind:?} step {step}: {x:?} vs {y:?}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -137,9 +137,9 @@ enum Source {
 }
 
 impl Source {
-    fn open(input: &Input, cfg: &PretrainConfig, threads: usize) -> Result<Source> {
+    fn open(input: &Input, cfg: &PretrainConfig, threads: usize, device: Device) -> Result<Source> {
         Ok(match input {
-            Input::Views { path } => Source::Views(ViewsFile::open(path)?),
+            Input::Views { path } => Source::Views(ViewsFile::open(path)?.pinned_for(device)),
             Input::Data { path, root, recipe, strict } => {
                 let data = crate::data::open(&crate::data::DataSpec {
                     path: path.clone(),
@@ -201,6 +201,11 @@ impl Source {
                 // this rank's contiguous slice of the global batch k
                 let local = batch / crate::dist::world();
                 let b = v.data.narrow(0, (k * batch + crate::dist::rank() * local) as i64, local as i64); // [b, 2, 3, h, w]
+                                                                                                          // on a GPU: one asynchronous copy of the pinned block, the views split there
+                let b = match v.gpu {
+                    Some(d) => b.to_device_(d, Kind::Float, true, false),
+                    None => b,
+                };
                 Ok(SourceBatch {
                     v1: b.select(1, 0).contiguous(),
                     v2: b.select(1, 1).contiguous(),
@@ -220,9 +225,26 @@ impl Source {
 struct ViewsFile {
     path: PathBuf,
     data: Tensor, // [N, 2, 3, H, W] float32
+    /// The CUDA device the batches go to, when `data` is in pinned memory (asynchronous copies).
+    gpu: Option<Device>,
 }
 
+/// The largest views file kept in pinned (page-locked) host memory for asynchronous copies to a GPU.
+const PIN_LIMIT_BYTES: i64 = 8 << 30;
+
 impl ViewsFile {
+    /// For a CUDA `device`: the data in pinned memory (up to [`PIN_LIMIT_BYTES`]), so each batch reaches the GPU in
+    /// one asynchronous copy instead of two host copies and a blocking transfer.
+    fn pinned_for(mut self, device: Device) -> Self {
+        if device.is_cuda() && (self.data.numel() as i64) * 4 <= PIN_LIMIT_BYTES {
+            if let Ok(p) = self.data.f_pin_memory(device) {
+                self.data = p;
+                self.gpu = Some(device);
+            }
+        }
+        self
+    }
+
     fn len(&self) -> usize {
         self.data.size()[0] as usize
     }
@@ -245,7 +267,7 @@ impl ViewsFile {
         }
         let values: Vec<f32> = npy.into_vec().with_context(|| format!("--views {}: truncated data", path.display()))?;
         let data = Tensor::from_slice(&values).view(shape.as_slice());
-        Ok(ViewsFile { path: path.to_path_buf(), data })
+        Ok(ViewsFile { path: path.to_path_buf(), data, gpu: None })
     }
 }
 
@@ -829,7 +851,7 @@ pub fn run(
     sink: &mut dyn EventSink,
     progress: &mut dyn FnMut(&StepReport),
 ) -> Result<PathBuf> {
-    let source = Source::open(&cfg.input, cfg, opts.threads)?;
+    let source = Source::open(&cfg.input, cfg, opts.threads, opts.device)?;
     if cfg.batch_size == 0 {
         return Err(LewelError::Usage("--batch-size must be at least 1".into()).into());
     }
