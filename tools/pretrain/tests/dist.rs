@@ -153,6 +153,63 @@ fn bad_splits_and_methods_on_two_processes_are_clear_errors() {
     let _ = std::fs::remove_dir_all(&d);
 }
 
+const TORCHRUN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../.venv/bin/torchrun");
+
+#[test]
+fn torchrun_no_python_launches_the_same_run() {
+    // torchrun's agent hosts the store (TORCHELASTIC_USE_AGENT_STORE): rank 0 must join it, not serve
+    let d = scratch("dist-torchrun");
+    let v = views(&d);
+    let input = ["--views", v.to_str().unwrap()];
+    let one = ok(&single(&args(&input, &d.join("one"), &["--bn-splits", "2"])));
+    let two = Command::new(TORCHRUN)
+        .args(["--nproc-per-node", "2", "--no-python", BIN])
+        .args(args(&input, &d.join("two"), &["--bn-splits", "2"]))
+        .env("OMP_NUM_THREADS", "1")
+        .output()
+        .expect("torchrun (scripts/setup.sh installs it with torch)");
+    assert_same_run(&one, &ok(&two), 4, "torchrun");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn slurm_variables_launch_the_same_run() {
+    // srun on one node: SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID, no MASTER_ADDR, the port from the job id
+    let d = scratch("dist-slurm");
+    let v = views(&d);
+    let input = ["--views", v.to_str().unwrap()];
+    let one = ok(&single(&args(&input, &d.join("one"), &["--bn-splits", "2"])));
+    let job = (20000..40000u16)
+        .step_by(97)
+        .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+        .map(|p| p - 20000)
+        .unwrap();
+    let out = d.join("two");
+    let a = args(&input, &out, &["--bn-splits", "2"]);
+    let kids: Vec<Child> = (0..2)
+        .map(|r| {
+            Command::new(BIN)
+                .args(&a)
+                .env("SLURM_PROCID", r.to_string())
+                .env("SLURM_LOCALID", r.to_string())
+                .env("SLURM_NTASKS", "2")
+                .env("SLURM_NNODES", "1")
+                .env("SLURM_JOB_ID", job.to_string())
+                .env("OMP_NUM_THREADS", "1")
+                .env_remove("MASTER_ADDR")
+                .env_remove("MASTER_PORT")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outs: Vec<Output> = kids.into_iter().map(|k| k.wait_with_output().unwrap()).collect();
+    assert!(outs[1].stdout.is_empty(), "rank 1 writes nothing to stdout");
+    assert_same_run(&one, &ok(&outs[0]), 4, "srun");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
 /// Starts one rank of a 2-process run by hand (the torchrun variables), stdout piped.
 fn rank(r: usize, port: u16, a: &[&str]) -> Child {
     Command::new(BIN)
