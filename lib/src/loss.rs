@@ -90,8 +90,22 @@ pub fn info_nce_batch(q: &Tensor, k: &Tensor, temperature: f64) -> Result<Tensor
     if k.size2()? != (n, d) {
         bail!("info_nce_batch: queries {:?} and keys {:?} differ in shape", q.size(), k.size());
     }
-    let logits = l2_normalize(q, 1)?.f_matmul(&l2_normalize(k, 1)?.f_transpose(0, 1)?)? / temperature; // [n, n]
-    let labels = Tensor::f_arange(n, (Kind::Int64, q.device()))?;
+    info_nce_batch_at(q, k, 0, temperature)
+}
+
+/// [`info_nce_batch`] for a slice of the queries: query i's positive is key `first + i` of all the keys (the
+/// other ranks' keys included, in data parallelism), its negatives all other keys. `first = 0` with as many keys
+/// as queries is [`info_nce_batch`], bit for bit.
+///
+/// # Shapes
+/// `q`: `[m, d]`; `k`: `[n, d]` with `first + m <= n` → scalar.
+pub fn info_nce_batch_at(q: &Tensor, k: &Tensor, first: i64, temperature: f64) -> Result<Tensor> {
+    let ((m, d), (n, dk)) = (q.size2()?, k.size2()?);
+    if d != dk || first < 0 || first + m > n {
+        bail!("info_nce_batch_at: queries {:?} from {first} do not fit keys {:?}", q.size(), k.size());
+    }
+    let logits = l2_normalize(q, 1)?.f_matmul(&l2_normalize(k, 1)?.f_transpose(0, 1)?)? / temperature; // [m, n]
+    let labels = Tensor::f_arange_start(first, first + m, (Kind::Int64, q.device()))?;
     cross_entropy(&logits, &labels)
 }
 
@@ -121,8 +135,23 @@ pub fn aligned_info_nce(online: &Tensor, target: &Tensor, temperature: f64) -> R
     if target.size3()? != (b, k, n) {
         bail!("aligned_info_nce: online {:?} and target {:?} differ in shape", online.size(), target.size());
     }
-    let rows = |x: &Tensor| x.f_transpose(2, 1)?.f_reshape([b * n, k]); // [b*n, k]
-    info_nce_batch(&rows(online)?, &rows(target)?, temperature)
+    aligned_info_nce_at(online, target, 0, temperature)
+}
+
+/// [`aligned_info_nce`] for the images `first..first + b` of a larger target batch (data parallelism: this rank's
+/// queries against the target aligned embeddings of every rank, so the negatives are those of one process on the
+/// whole batch).
+///
+/// # Shapes
+/// `online`: `[b, k, n]`; `target`: `[B, k, n]` with `first + b <= B` → scalar.
+pub fn aligned_info_nce_at(online: &Tensor, target: &Tensor, first: i64, temperature: f64) -> Result<Tensor> {
+    let (b, k, n) = online.size3()?;
+    let (bt, kt, nt) = target.size3()?;
+    if (kt, nt) != (k, n) {
+        bail!("aligned_info_nce: online {:?} and target {:?} differ in shape", online.size(), target.size());
+    }
+    let rows = |x: &Tensor, m: i64| x.f_transpose(2, 1)?.f_reshape([m * n, k]); // [m*n, k]
+    info_nce_batch_at(&rows(online, b)?, &rows(target, bt)?, first * n, temperature)
 }
 
 /// Mean cross-entropy of `logits` `[n, c]` against class indices `labels` `[n]` (PyTorch's `F.cross_entropy`).

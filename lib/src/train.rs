@@ -920,21 +920,10 @@ pub fn run(
 
 /// The model configuration of this rank: `bn_splits` counts slices of the global batch, so each of N ranks
 /// normalises `bn_splits / N` slices of its own (1 when `bn_splits` is 1: per-device BN, as DDP without SyncBN).
-/// LEWEL_M and MoCo v2 (the key queue and ShuffleBN across ranks) are not data-parallel yet.
 fn local_model(m: &ModelConfig) -> Result<ModelConfig> {
     let world = crate::dist::world() as i64;
     if world == 1 {
         return Ok(m.clone());
-    }
-    if !matches!(m.method, crate::model::Method::LewelB | crate::model::Method::Byol) {
-        return Err(LewelError::NotImplemented {
-            what: format!(
-                "{:?} on several processes (its key queue and ShuffleBN need an all-gather across ranks; run it as one process)",
-                m.method
-            ),
-            issue: 10,
-        }
-        .into());
     }
     let splits = match m.bn_splits {
         1 => 1,

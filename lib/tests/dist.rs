@@ -1,7 +1,8 @@
 //! Data parallelism on two Gloo processes over loopback (the test binary re-runs itself as the two ranks, with
 //! `LEWEL_TEST_RANK` / `LEWEL_TEST_PORT` set): the gradients averaged over the ranks equal those of one process on
 //! the whole batch with `bn_splits` 2 (per-rank BN = BN over two slices), and SyncBatchNorm's loss and gradients
-//! equal those of one process on the whole batch with ordinary BN. In float64, so that the tolerances (1e-6 for
+//! equal those of one process on the whole batch with ordinary BN; LEWEL_M and MoCo v2 (ShuffleBN across the ranks,
+//! the batch's aligned negatives, the queue) follow one process with `bn_splits` 2 step for step. In float64, so that the tolerances (1e-6 for
 //! the gradients, 1e-5 for the loss) measure the method, not float32 rounding (which alone gives ~1e-6 on
 //! gradients of magnitude 10).
 
@@ -23,6 +24,20 @@ fn cfg(bn_splits: i64) -> ModelConfig {
         bn_splits,
         ..ModelConfig::default()
     }
+}
+
+/// LEWEL_M / MoCo v2 as the small presets run them: EMA of the parameters (target BN in train mode, so
+/// ShuffleBN), a queue of 16 keys.
+fn moco_cfg(method: Method, bn_splits: i64) -> ModelConfig {
+    ModelConfig { method, ema: lewel::ema::EmaMode::Params, queue_size: 16, ..cfg(bn_splits) }
+}
+
+/// The views of the tests: 8 pairs of 16x16 images (seed 11), in float64.
+fn views() -> (Tensor, Tensor) {
+    tch::manual_seed(11);
+    let v1 = Tensor::randn([8, 3, 16, 16], (Kind::Double, Device::Cpu));
+    let v2 = Tensor::randn([8, 3, 16, 16], (Kind::Double, Device::Cpu));
+    (v1, v2)
 }
 
 /// A model with the seed-7 initialisation on this rank's (v1, v2): the loss (mean over the ranks) and the
@@ -64,9 +79,7 @@ fn rank_body(rank: usize, port: u16) {
         prefix: "test".into(),
     };
     dist::init(&launch, Device::Cpu, Duration::from_secs(60)).unwrap();
-    tch::manual_seed(11);
-    let v1 = Tensor::randn([8, 3, 16, 16], (Kind::Double, Device::Cpu));
-    let v2 = Tensor::randn([8, 3, 16, 16], (Kind::Double, Device::Cpu));
+    let (v1, v2) = views();
     let (l1, l2) = (v1.narrow(0, 4 * rank as i64, 4), v2.narrow(0, 4 * rank as i64, 4));
 
     // per-rank BN, gradients averaged == one process, whole batch, bn_splits 2
@@ -91,6 +104,17 @@ fn rank_body(rank: usize, port: u16) {
     let single = train(&cfg(1), &v1, &v2, false);
     for (k, (a, b)) in sync.iter().zip(&single).enumerate() {
         assert!((a - b).abs() < 1e-9, "rank {rank}, step {k}: SyncBN loss {a} vs one process {b}");
+    }
+
+    // LEWEL_M and MoCo v2: ShuffleBN across the ranks, the aligned negatives and the enqueued keys of the whole
+    // batch; against one process with bn_splits 2 (computed by the parent, outside any group)
+    let reference: Vec<Vec<f64>> = serde_json::from_str(&std::env::var("LEWEL_TEST_REF").unwrap()).unwrap();
+    for (method, want) in [Method::LewelM, Method::MocoV2].into_iter().zip(reference) {
+        let got = train(&moco_cfg(method, 1), &l1, &l2, true);
+        assert_eq!((got.len(), want.len()), (4, 4));
+        for (k, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert!((a - b).abs() < 1e-9, "rank {rank}, {method:?} step {k}: {a} vs one process {b}");
+        }
     }
     dist::barrier().unwrap();
     dist::shutdown();
@@ -145,6 +169,9 @@ fn two_ranks_equal_one_process() {
         rank_body(rank.parse().unwrap(), port);
         return;
     }
+    let (v1, v2) = views();
+    let reference: Vec<Vec<f64>> =
+        [Method::LewelM, Method::MocoV2].into_iter().map(|m| train(&moco_cfg(m, 2), &v1, &v2, false)).collect();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let exe = std::env::current_exe().unwrap();
     let kids: Vec<_> = (0..2)
@@ -153,6 +180,7 @@ fn two_ranks_equal_one_process() {
                 .args(["--exact", NAME, "--nocapture", "--test-threads", "1"])
                 .env("LEWEL_TEST_RANK", r.to_string())
                 .env("LEWEL_TEST_PORT", port.to_string())
+                .env("LEWEL_TEST_REF", serde_json::to_string(&reference).unwrap())
                 .env("OMP_NUM_THREADS", "1")
                 .spawn()
                 .unwrap()

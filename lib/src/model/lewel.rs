@@ -200,6 +200,12 @@ impl Lewel {
             let tau = self.cfg.temperature;
             let lg = global_info_nce(&on.global, &tg.global.detach(), queue, tau)?;
             let la = match (&on.aligned, &tg.aligned) {
+                (Some(yo), Some(yt)) if crate::dist::active() => {
+                    // the negatives of one process on the whole batch: every rank's target aligned embeddings
+                    let all = crate::dist::gather(&yt.detach())?;
+                    let first = (crate::dist::rank() as i64) * yo.size()[0];
+                    Some(crate::loss::aligned_info_nce_at(yo, &all, first, tau)?)
+                }
                 (Some(yo), Some(yt)) => Some(aligned_info_nce(yo, &yt.detach(), tau)?),
                 _ => None,
             };
@@ -220,14 +226,30 @@ impl Lewel {
     /// `bn_splits` normalises a different mix of images than the online network saw), and the outputs are put
     /// back in the original order.
     ///
-    /// NOTE(ref): on several processes MoCo gathers the batch from all GPUs, shuffles it across them and
-    /// un-shuffles after the key forward (`batch_shuffle_ddp`); on one device the `bn_splits` slices play the GPUs.
+    /// On several processes, as MoCo's `batch_shuffle_ddp`: the global batch is gathered from every rank, permuted
+    /// (the same permutation everywhere: the generator state is the same), each rank forwards its contiguous slice
+    /// of the permuted batch, the outputs are gathered, un-permuted, and each rank keeps its own images. With
+    /// `bn_splits` counting slices of the global batch, the BN slices are those of one process, so the run is the
+    /// same on 1 or N processes. On one device the `bn_splits` slices play the GPUs.
     ///
     /// # Shapes
     /// `x`: `[b, 3, h, w]` → global `[b, k, 1]`, aligned `[b, k, n]`, row i for image i of `x`.
     pub(crate) fn key_forward(&self, x: &Tensor, view: i64) -> Result<NeckOut> {
         let train = self.cfg.ema.target_bn_train();
         tch::no_grad(|| match &self.moco {
+            Some(moco) if train && crate::dist::active() => {
+                let b = x.size4()?.0;
+                let first = crate::dist::rank() as i64 * b;
+                let all = crate::dist::gather(x)?; // [B, 3, h, w]
+                let big_b = all.size()[0];
+                let perm = moco.permutation(big_b, view)?; // [B]
+                let inv = perm.f_argsort(0, false)?;
+                let out = self.target.forward_t(&all.f_index_select(0, &perm.f_narrow(0, first, b)?)?, true)?;
+                let back = |t: &Tensor| -> Result<Tensor> {
+                    Ok(crate::dist::gather(t)?.f_index_select(0, &inv)?.f_narrow(0, first, b)?)
+                };
+                Ok(NeckOut { global: back(&out.global)?, aligned: out.aligned.as_ref().map(back).transpose()? })
+            }
             Some(moco) if train => {
                 let b = x.size4()?.0;
                 let perm = moco.permutation(b, view)?; // [b]
@@ -294,7 +316,12 @@ impl Lewel {
         let c1 = collapse_std(&on1.global.f_squeeze_dim(2)?)?;
         let c2 = collapse_std(&on2.global.f_squeeze_dim(2)?)?;
         if let Some(moco) = &self.moco {
-            let keys = Tensor::f_cat(&[t1.global.f_squeeze_dim(2)?, t2.global.f_squeeze_dim(2)?], 0)?; // [2b, k]
+            // every rank enqueues the keys of the whole global batch (view 1 of all images, then view 2)
+            let (k1, k2) = (
+                crate::dist::gather(&t1.global.f_squeeze_dim(2)?)?,
+                crate::dist::gather(&t2.global.f_squeeze_dim(2)?)?,
+            );
+            let keys = Tensor::f_cat(&[k1, k2], 0)?; // [2B, k]
             moco.enqueue(&keys)?;
             moco.advance()?;
         }

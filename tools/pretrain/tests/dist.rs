@@ -1,7 +1,8 @@
 //! `pretrain` on two processes (`scripts/launch-local.sh 2`, Gloo over loopback) against one process: the same
 //! run (losses within 1e-5) with per-process BN = `--bn-splits 2`, with `--sync-bn` = ordinary BN on the whole
-//! batch, and with on-the-fly augmentation (each rank's slice of every batch, views included); rank 0 alone
-//! writes; a killed rank stops the other with an error within 60 s.
+//! batch, with on-the-fly augmentation (each rank's slice of every batch, views included), and for LEWEL_M and
+//! MoCo v2 (ShuffleBN across the ranks); torchrun and Slurm launches; rank 0 alone writes; a killed rank stops
+//! the other with an error within 60 s.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -138,7 +139,23 @@ fn two_processes_augment_their_slices_of_the_same_batches() {
 }
 
 #[test]
-fn bad_splits_and_methods_on_two_processes_are_clear_errors() {
+fn two_processes_lewel_m_and_moco_v2_equal_one_process() {
+    // Two steps: MoCo's early losses are chaotic at this size (one process with 1 or 2 threads already differs
+    // by 8e-2 at step 4); lib/tests/dist.rs follows four float64 steps within 1e-9.
+    let d = scratch("dist-moco");
+    let v = views(&d);
+    for preset in ["small-lewelm", "small-mocov2"] {
+        let extra = ["--preset", preset, "--queue-size", "16", "--bn-splits", "2", "--max-steps", "2"];
+        let input = ["--views", v.to_str().unwrap()];
+        let one = ok(&single(&args(&input, &d.join(format!("{preset}-one")), &extra)));
+        let two = ok(&launch(2, &args(&input, &d.join(format!("{preset}-two")), &extra)));
+        assert_same_run(&one, &two, 2, preset);
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn bad_splits_on_two_processes_are_clear_errors() {
     let d = scratch("dist-bad");
     let v = views(&d);
     let input = ["--views", v.to_str().unwrap()];
@@ -147,9 +164,7 @@ fn bad_splits_and_methods_on_two_processes_are_clear_errors() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("multiple of the 2 processes"));
     let o = launch(2, &args(&input, &d.join("b"), &["--batch-size", "7"]));
     assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
-    let o = launch(2, &args(&input, &d.join("c"), &["--preset", "small-lewelm", "--queue-size", "16"]));
-    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("not implemented"));
+
     let _ = std::fs::remove_dir_all(&d);
 }
 
