@@ -10,7 +10,10 @@
 // message (thread-local). Tensors cross as `at::Tensor*`, which is what tch's `C_tensor` is; tensors handed back
 // are heap-allocated here and owned (and freed) by tch from then on.
 
+#include <algorithm>
 #include <chrono>
+#include <memory>
+#include <mutex>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -89,6 +92,13 @@ struct AllReduceSum : public torch::autograd::Function<AllReduceSum> {
 };
 
 at::DeviceType device_type(int d) { return d == 1 ? at::kCUDA : at::kCPU; }
+
+std::vector<at::Tensor> list(at::Tensor** ts, int n) {
+  std::vector<at::Tensor> v;
+  v.reserve(n);
+  for (int i = 0; i < n; ++i) v.push_back(*ts[i]);
+  return v;
+}
 
 // libtorch_cuda is not linked: loading it (and cuDNN, cuBLAS, NCCL behind it) costs a CPU-only tool about
 // 0.35 s and 350 MB at every start. It is opened on demand, before libtorch first asks for its CUDA hooks
@@ -277,6 +287,131 @@ void lewel_dist_shutdown() {
   }
 }
 
+// ---- gradient all-reduce overlapped with the backward pass (DistributedDataParallel's reducer, small) ----
+//
+// The parameters are assigned to buckets of about `bucket_bytes` in reverse order (the backward pass produces
+// the last layers' gradients first). A hook on each parameter copies its gradient into its bucket as autograd
+// produces it; a full bucket starts its all-reduce at once (in bucket order, the same on every rank), while the
+// backward pass goes on. finish() starts what is left, waits, divides by the world size and writes the averages
+// into the parameters' .grad.
+
+namespace {
+struct Reducer {
+  std::vector<at::Tensor> params;
+  std::vector<unsigned> hooks;
+  std::vector<int> bucket_of;
+  std::vector<int64_t> offset;
+  std::vector<at::Tensor> flats;
+  std::vector<int> expected, pending;
+  std::vector<bool> ready;
+  std::vector<c10::intrusive_ptr<c10d::Work>> works;
+  size_t next = 0;
+  std::mutex mu;
+
+  void launch_ready() {  // with mu held
+    while (next < flats.size() && ready[next]) {
+      std::vector<at::Tensor> v{flats[next]};
+      c10d::AllreduceOptions o;
+      o.reduceOp = c10d::ReduceOp::SUM;
+      works[next] = current().backend->allreduce(v, o);
+      ++next;
+    }
+  }
+};
+} // namespace
+
+int lewel_reducer_new(at::Tensor** params, int n, int64_t bucket_bytes, void** out) {
+  LEWEL_GUARD({
+    current();
+    auto r = std::make_unique<Reducer>();
+    r->params = list(params, n);
+    r->bucket_of.assign(n, -1);
+    r->offset.assign(n, 0);
+    std::vector<std::vector<int>> buckets;
+    int64_t bytes = 0;
+    for (int i = n - 1; i >= 0; --i) {
+      const auto& p = r->params[i];
+      int64_t b = p.numel() * static_cast<int64_t>(p.element_size());
+      bool same = !buckets.empty() && r->params[buckets.back().front()].scalar_type() == p.scalar_type();
+      if (buckets.empty() || bytes + b > bucket_bytes || !same) {
+        buckets.emplace_back();
+        bytes = 0;
+      }
+      buckets.back().push_back(i);
+      bytes += b;
+    }
+    for (size_t k = 0; k < buckets.size(); ++k) {
+      int64_t at = 0;
+      for (int i : buckets[k]) {
+        r->bucket_of[i] = static_cast<int>(k);
+        r->offset[i] = at;
+        at += r->params[i].numel();
+      }
+      r->flats.push_back(at::zeros({at}, r->params[buckets[k].front()].options().requires_grad(false)));
+      r->expected.push_back(static_cast<int>(buckets[k].size()));
+    }
+    r->pending = r->expected;
+    r->ready.assign(r->flats.size(), false);
+    r->works.resize(r->flats.size());
+    Reducer* raw = r.get();
+    for (int i = 0; i < n; ++i) {
+      r->hooks.push_back(r->params[i].register_hook([raw, i](const at::TensorBase& grad) {
+        std::lock_guard<std::mutex> lock(raw->mu);
+        int b = raw->bucket_of[i];
+        raw->flats[b].narrow(0, raw->offset[i], grad.numel()).copy_(at::Tensor(grad).reshape({-1}));
+        if (--raw->pending[b] == 0) {
+          raw->ready[b] = true;
+          raw->launch_ready();
+        }
+      }));
+    }
+    *out = r.release();
+  })
+}
+
+// Before a backward pass.
+int lewel_reducer_prepare(void* reducer) {
+  LEWEL_GUARD({
+    auto* r = static_cast<Reducer*>(reducer);
+    std::lock_guard<std::mutex> lock(r->mu);
+    for (auto& f : r->flats) f.zero_();
+    r->pending = r->expected;
+    std::fill(r->ready.begin(), r->ready.end(), false);
+    std::fill(r->works.begin(), r->works.end(), c10::intrusive_ptr<c10d::Work>());
+    r->next = 0;
+  })
+}
+
+// After the backward pass: the averaged gradients in .grad (parameters without a gradient keep none).
+int lewel_reducer_finish(void* reducer) {
+  LEWEL_GUARD({
+    auto* r = static_cast<Reducer*>(reducer);
+    std::lock_guard<std::mutex> lock(r->mu);
+    std::fill(r->ready.begin(), r->ready.end(), true);  // buckets with unused parameters go as they are
+    r->launch_ready();
+    auto& g = current();
+    for (auto& w : r->works) w->wait(g.timeout);
+    for (auto& f : r->flats) f.div_(g.world);
+    for (size_t i = 0; i < r->params.size(); ++i) {
+      auto grad = r->params[i].grad();
+      if (!grad.defined()) continue;
+      auto& f = r->flats[r->bucket_of[i]];
+      grad.copy_(f.narrow(0, r->offset[i], grad.numel()).view(grad.sizes()));
+    }
+  })
+}
+
+void lewel_reducer_free(void* reducer) {
+  auto* r = static_cast<Reducer*>(reducer);
+  for (size_t i = 0; i < r->hooks.size(); ++i) {
+    try {
+      r->params[i].remove_hook(r->hooks[i]);
+    } catch (...) {
+    }
+  }
+  delete r;
+}
+
 // Autocast on device type `device` (0 CPU, 1 CUDA) with `dtype` (an at::ScalarType, as tch's Kind numbers them);
 // the previous state goes to *prev_enabled / *prev_dtype for lewel_autocast_exit.
 int lewel_autocast_enter(int device, int dtype, int* prev_enabled, int* prev_dtype) {
@@ -316,14 +451,6 @@ int lewel_amp_unscale(at::Tensor** grads, int n, at::Tensor* found_inf, at::Tens
 
 // ---- multi-tensor ("foreach") kernels: one launch for a whole list, as torch.optim's foreach paths --------
 
-namespace {
-std::vector<at::Tensor> list(at::Tensor** ts, int n) {
-  std::vector<at::Tensor> v;
-  v.reserve(n);
-  for (int i = 0; i < n; ++i) v.push_back(*ts[i]);
-  return v;
-}
-} // namespace
 
 // a[i] *= s
 int lewel_foreach_mul_scalar_(at::Tensor** a, int n, double s) {

@@ -7,7 +7,7 @@
 //!
 //! Tensors cross the boundary as `at::Tensor*` (tch's `C_tensor`); the C++ side never keeps them.
 
-use std::ffi::{c_char, c_int, CStr, CString};
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::fmt;
 use std::time::Duration;
 
@@ -34,6 +34,10 @@ extern "C" {
     fn lewel_dist_allgather(input: *mut C_tensor, out: *mut *mut C_tensor) -> c_int;
     fn lewel_dist_allreduce_autograd(input: *mut C_tensor, out: *mut *mut C_tensor) -> c_int;
     fn lewel_dist_barrier() -> c_int;
+    fn lewel_reducer_new(params: *const *mut C_tensor, n: c_int, bucket_bytes: i64, out: *mut *mut c_void) -> c_int;
+    fn lewel_reducer_prepare(r: *mut c_void) -> c_int;
+    fn lewel_reducer_finish(r: *mut c_void) -> c_int;
+    fn lewel_reducer_free(r: *mut c_void);
     fn lewel_dist_shutdown();
     fn lewel_autocast_enter(device: c_int, dtype: c_int, prev_enabled: *mut c_int, prev_dtype: *mut c_int) -> c_int;
     fn lewel_autocast_exit(device: c_int, prev_enabled: c_int, prev_dtype: c_int) -> c_int;
@@ -188,6 +192,47 @@ pub mod dist {
         // SAFETY: as for allgather.
         check(unsafe { lewel_dist_allreduce_autograd(ptr(t), &mut out) })?;
         Ok(unsafe { owned(out) })
+    }
+
+    /// Averages the gradients of a list of parameters over the ranks while the backward pass runs (a small
+    /// DistributedDataParallel reducer): the parameters go into buckets of about `bucket_bytes`, in reverse order;
+    /// a hook on each copies its gradient into its bucket when autograd produces it, and a full bucket starts its
+    /// all-reduce at once (in bucket order, the same on every rank). [`Reducer::prepare`] before each backward,
+    /// [`Reducer::finish`] after it. Dropping it removes the hooks.
+    pub struct Reducer {
+        raw: *mut c_void,
+    }
+
+    impl Reducer {
+        /// Hooks `params` (leaf tensors that require grad, all on one device); needs the process group.
+        pub fn new(params: &[Tensor], bucket_bytes: usize) -> Result<Reducer> {
+            let p = ptrs(params);
+            let mut raw = std::ptr::null_mut();
+            let bytes = i64::try_from(bucket_bytes).unwrap_or(i64::MAX);
+            // SAFETY: live tensors borrowed for the call (the shim keeps its own references to them).
+            check(unsafe { lewel_reducer_new(p.as_ptr(), count(p.len())?, bytes, &mut raw) })?;
+            Ok(Reducer { raw })
+        }
+
+        /// Resets the buckets before a backward pass.
+        pub fn prepare(&mut self) -> Result<()> {
+            // SAFETY: `raw` is ours until drop.
+            check(unsafe { lewel_reducer_prepare(self.raw) })
+        }
+
+        /// After the backward pass: starts the buckets still waiting, waits for all, and writes the averages into
+        /// the parameters' gradients.
+        pub fn finish(&mut self) -> Result<()> {
+            // SAFETY: as above.
+            check(unsafe { lewel_reducer_finish(self.raw) })
+        }
+    }
+
+    impl Drop for Reducer {
+        fn drop(&mut self) {
+            // SAFETY: `raw` came from lewel_reducer_new and is freed once.
+            unsafe { lewel_reducer_free(self.raw) }
+        }
     }
 
     /// Waits for every rank.

@@ -223,6 +223,16 @@ fn lost(e: lewel_ffi::Error) -> anyhow::Error {
     )
 }
 
+/// An error of a backward pass, which runs the gradient all-reduces on several processes: said as a lost rank
+/// there (the collective failed), as it is elsewhere.
+pub fn backward_error(e: tch::TchError) -> anyhow::Error {
+    if active() {
+        lost(lewel_ffi::Error(e.to_string()))
+    } else {
+        e.into()
+    }
+}
+
 /// Averages `values` over the ranks (identity on one process).
 pub fn mean(values: &[f64]) -> Result<Vec<f64>> {
     if !active() {
@@ -259,6 +269,30 @@ pub fn average_gradients(params: &[Tensor]) -> Result<()> {
     }
     let grads: Vec<Tensor> = params.iter().map(Tensor::grad).filter(Tensor::defined).collect();
     reduce_in_buckets(&grads, |flat| lewel_ffi::dist::allreduce(flat, true))
+}
+
+/// Gradient averaging overlapped with the backward pass (the shim's bucketed reducer: a full 25 MiB bucket
+/// starts its all-reduce while autograd goes on with earlier layers).
+pub struct GradReducer(lewel_ffi::dist::Reducer);
+
+impl GradReducer {
+    /// Hooks the trainable `params`; None on one process.
+    pub fn new(params: &[Tensor]) -> Result<Option<GradReducer>> {
+        if !active() {
+            return Ok(None);
+        }
+        Ok(Some(GradReducer(lewel_ffi::dist::Reducer::new(params, BUCKET_BYTES as usize).map_err(lost)?)))
+    }
+
+    /// Before each backward pass.
+    pub fn prepare(&mut self) -> Result<()> {
+        self.0.prepare().map_err(lost)
+    }
+
+    /// After the backward pass: the averaged gradients are in the parameters' `.grad`.
+    pub fn finish(&mut self) -> Result<()> {
+        self.0.finish().map_err(lost)
+    }
 }
 
 /// Copies rank 0's values of `tensors` (buffers or parameters) to every rank, in flattened buckets per kind.

@@ -715,9 +715,9 @@ struct PretrainTask<'a> {
     device: Device,
     monitor: Option<crate::monitor::KnnMonitor>,
     /// Data parallelism: the BN running statistics (broadcast from rank 0 before each step, as DDP does) and
-    /// the trainable parameters (gradients averaged over the ranks). Empty on one process.
+    /// the gradient averaging, overlapped with the backward pass. Empty / None on one process.
     bn_buffers: Vec<Tensor>,
-    params: Vec<Tensor>,
+    reducer: Option<crate::dist::GradReducer>,
     precision: Precision,
     channels_last: bool,
     /// The fp16 loss scaler (None for fp32 and bf16).
@@ -739,12 +739,13 @@ impl<'a> PretrainTask<'a> {
         }
         let scaler = GradScaler::for_precision(opts.precision, opts.loss_scale_init, opts.device)
             .context("--loss-scale-init")?;
-        let (bn_buffers, params) = if crate::dist::active() {
+        let (bn_buffers, reducer) = if crate::dist::active() {
             let sd = model.state_dict();
             let bufs = sd.into_iter().filter(|(k, _)| k.contains(".running_")).map(|(_, t)| t).collect();
-            (bufs, model.trainable().into_iter().map(|(_, t)| t).collect())
+            let params: Vec<Tensor> = model.trainable().into_iter().map(|(_, t)| t).collect();
+            (bufs, crate::dist::GradReducer::new(&params)?)
         } else {
-            (Vec::new(), Vec::new())
+            (Vec::new(), None)
         };
         Ok(PretrainTask {
             cfg,
@@ -753,7 +754,7 @@ impl<'a> PretrainTask<'a> {
             device: opts.device,
             monitor,
             bn_buffers,
-            params,
+            reducer,
             precision: opts.precision,
             channels_last: opts.channels_last,
             scaler,
@@ -788,18 +789,25 @@ impl TrainTask for PretrainTask<'_> {
         // because the loss is checked for divergence before the step is taken.
         self.opt.zero_grad();
         let mut scaling = Vec::new();
+        if let Some(r) = &mut self.reducer {
+            r.prepare()?;
+        }
         match &mut self.scaler {
             None => {
-                terms.total.f_backward()?;
-                crate::dist::average_gradients(&self.params)?;
+                terms.total.f_backward().map_err(crate::dist::backward_error)?;
+                if let Some(r) = &mut self.reducer {
+                    r.finish()?;
+                }
                 self.opt.step(lr);
             }
             Some(scaler) => {
                 let used = scaler.scale()?;
-                scaler.scale_loss(&terms.total)?.f_backward()?;
+                scaler.scale_loss(&terms.total)?.f_backward().map_err(crate::dist::backward_error)?;
                 // averaged while scaled, as DDP does before GradScaler unscales: every rank then finds the
                 // same infs and skips the same steps
-                crate::dist::average_gradients(&self.params)?;
+                if let Some(r) = &mut self.reducer {
+                    r.finish()?;
+                }
                 let opt = &mut self.opt;
                 scaler.step(&opt.grads(), || opt.step(lr))?;
                 scaling = vec![("loss_scale", used), ("skipped_steps", scaler.skipped_steps() as f64)];

@@ -87,6 +87,25 @@ fn rank_body(rank: usize, port: u16) {
     let (_, reference) = grads_single(&cfg(2), &v1, &v2);
     let (d, worst) = max_diff(&ddp, &reference);
     assert!(d < 1e-6, "rank {rank}: averaged gradients differ from one process with bn_splits 2 by {d} ({worst})");
+    // the same through the reducer that overlaps the all-reduces with the backward pass (tiny buckets: many)
+    let overlapped = {
+        tch::manual_seed(7);
+        let mut vs = VarStore::new(Device::Cpu);
+        vs.set_kind(Kind::Double);
+        let model = Lewel::new(&vs, &cfg(1)).unwrap();
+        let params: Vec<Tensor> = model.trainable().into_iter().map(|(_, t)| t).collect();
+        let mut reducer = lewel_ffi::dist::Reducer::new(&params, 4096).unwrap();
+        for _ in 0..2 {
+            // twice: the buckets reset between backward passes
+            model.trainable().iter().for_each(|(_, t)| t.shallow_clone().zero_grad());
+            reducer.prepare().unwrap();
+            model.forward_loss(&l1, &l2).unwrap().total.backward();
+            reducer.finish().unwrap();
+        }
+        model.trainable().into_iter().map(|(k, t)| (k, t.grad().copy())).collect::<Vec<_>>()
+    };
+    let (d, worst) = max_diff(&overlapped, &reference);
+    assert!(d < 1e-6, "rank {rank}: overlapped all-reduce differs from one process by {d} ({worst})");
 
     // SyncBatchNorm == one process, whole batch, ordinary BN
     lewel::model::batchnorm::set_sync(true);
