@@ -248,6 +248,41 @@ pub mod dist {
     }
 }
 
+/// For tests of collectives: a test function that runs itself as the ranks of a group.
+pub mod testing {
+    use std::process::Command;
+
+    /// Inside a rank (the variables set by the parent): `Some((rank, port))`, and the caller runs the rank's
+    /// body. Otherwise: a free loopback port, then the current test binary again as `world` processes running
+    /// only `test` (`--exact`) with `LEWEL_TEST_RANK`, `LEWEL_TEST_PORT`, `OMP_NUM_THREADS=1` and `env`; panics
+    /// unless every rank succeeds, and returns None.
+    pub fn ranks(test: &str, world: usize, env: &[(&str, String)]) -> Option<(usize, u16)> {
+        if let Ok(rank) = std::env::var("LEWEL_TEST_RANK") {
+            let port = std::env::var("LEWEL_TEST_PORT").expect("LEWEL_TEST_PORT").parse().expect("a port");
+            return Some((rank.parse().expect("a rank"), port));
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let exe = std::env::current_exe().unwrap();
+        let kids: Vec<_> = (0..world)
+            .map(|r| {
+                Command::new(&exe)
+                    .args(["--exact", test, "--nocapture", "--test-threads", "1"])
+                    .env("LEWEL_TEST_RANK", r.to_string())
+                    .env("LEWEL_TEST_PORT", port.to_string())
+                    .env("OMP_NUM_THREADS", "1")
+                    .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for (r, k) in kids.into_iter().enumerate() {
+            let out = k.wait_with_output().unwrap();
+            assert!(out.status.success(), "rank {r} failed: {:?}", out.status);
+        }
+        None
+    }
+}
+
 /// Mixed precision: autocast on any device type and GradScaler's unscale.
 pub mod amp {
     use super::*;

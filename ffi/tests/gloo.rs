@@ -1,17 +1,12 @@
 //! Two Gloo processes on loopback: the collectives and the differentiable all-reduce. The test re-runs itself as
-//! the two ranks (environment `LEWEL_FFI_RANK`).
+//! the two ranks (`lewel_ffi::testing::ranks`).
 
-use std::process::Command;
 use std::time::Duration;
 
 use lewel_ffi::dist;
 use tch::{Kind, Tensor};
 
 const NAME: &str = "two_ranks_reduce_broadcast_gather_and_differentiate";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 fn rank_body(rank: usize, port: u16) {
     dist::init("gloo", "127.0.0.1", port, rank, 2, Duration::from_secs(30), 0, true, "test").unwrap();
@@ -46,25 +41,7 @@ fn rank_body(rank: usize, port: u16) {
 
 #[test]
 fn two_ranks_reduce_broadcast_gather_and_differentiate() {
-    if let Ok(rank) = std::env::var("LEWEL_FFI_RANK") {
-        let port = std::env::var("LEWEL_FFI_PORT").unwrap().parse().unwrap();
-        rank_body(rank.parse().unwrap(), port);
-        return;
-    }
-    let port = free_port();
-    let exe = std::env::current_exe().unwrap();
-    let kids: Vec<_> = (0..2)
-        .map(|r| {
-            Command::new(&exe)
-                .args(["--exact", NAME, "--nocapture", "--test-threads", "1"])
-                .env("LEWEL_FFI_RANK", r.to_string())
-                .env("LEWEL_FFI_PORT", port.to_string())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for (r, k) in kids.into_iter().enumerate() {
-        let out = k.wait_with_output().unwrap();
-        assert!(out.status.success(), "rank {r} failed: {:?}", out.status);
+    if let Some((rank, port)) = lewel_ffi::testing::ranks(NAME, 2, &[]) {
+        rank_body(rank, port);
     }
 }

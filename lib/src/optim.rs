@@ -128,11 +128,7 @@ impl Optimizer {
         }
         let cfg = self.cfg.clone();
         tch::no_grad(|| {
-            let grads: Vec<Tensor> = self.slots.iter().map(|s| s.param.grad()).collect();
-            let factors = match cfg.kind {
-                OptimizerKind::Lars => self.lars_factors(&grads),
-                OptimizerKind::Sgd => vec![1.0; self.slots.len()],
-            };
+            let (grads, factors) = self.grads_and_factors();
             for ((s, g), local) in self.slots.iter_mut().zip(&grads).zip(factors) {
                 if !g.defined() {
                     continue;
@@ -171,11 +167,7 @@ impl Optimizer {
         use lewel_ffi::foreach;
         let cfg = self.cfg.clone();
         tch::no_grad(|| {
-            let grads: Vec<Tensor> = self.slots.iter().map(|s| s.param.grad()).collect();
-            let factors = match cfg.kind {
-                OptimizerKind::Lars => self.lars_factors(&grads),
-                OptimizerKind::Sgd => vec![1.0; self.slots.len()],
-            };
+            let (grads, factors) = self.grads_and_factors();
             // two groups: with and without weight decay
             for decay in [true, false] {
                 let idx: Vec<usize> = (0..self.slots.len())
@@ -212,6 +204,16 @@ impl Optimizer {
                 foreach::add_(&w, &bufs, alpha).expect("foreach add");
             }
         });
+    }
+
+    /// Every slot's gradient (undefined when it has none) and its LARS factor (1 for SGD).
+    fn grads_and_factors(&self) -> (Vec<Tensor>, Vec<f64>) {
+        let grads: Vec<Tensor> = self.slots.iter().map(|s| s.param.grad()).collect();
+        let factors = match self.cfg.kind {
+            OptimizerKind::Lars => self.lars_factors(&grads),
+            OptimizerKind::Sgd => vec![1.0; self.slots.len()],
+        };
+        (grads, factors)
     }
 
     /// The LARS factor of every slot: 1 in the excluded group, else `η‖w‖ / (‖g‖ + wd‖w‖)` from the norms as f64

@@ -1,12 +1,11 @@
-//! Data parallelism on two Gloo processes over loopback (the test binary re-runs itself as the two ranks, with
-//! `LEWEL_TEST_RANK` / `LEWEL_TEST_PORT` set): the gradients averaged over the ranks equal those of one process on
+//! Data parallelism on two Gloo processes over loopback (the test binary re-runs itself as the two ranks:
+//! `lewel_ffi::testing::ranks`): the gradients averaged over the ranks equal those of one process on
 //! the whole batch with `bn_splits` 2 (per-rank BN = BN over two slices), and SyncBatchNorm's loss and gradients
 //! equal those of one process on the whole batch with ordinary BN; LEWEL_M and MoCo v2 (ShuffleBN across the ranks,
 //! the batch's aligned negatives, the queue) follow one process with `bn_splits` 2 step for step. In float64, so that the tolerances (1e-6 for
 //! the gradients, 1e-5 for the loss) measure the method, not float32 rounding (which alone gives ~1e-6 on
 //! gradients of magnitude 10).
 
-use std::process::Command;
 use std::time::Duration;
 
 use lewel::dist::{self, Launch};
@@ -40,13 +39,19 @@ fn views() -> (Tensor, Tensor) {
     (v1, v2)
 }
 
-/// A model with the seed-7 initialisation on this rank's (v1, v2): the loss (mean over the ranks) and the
-/// gradients (averaged over the ranks when `average`) by name.
-fn grads(cfg: &ModelConfig, v1: &Tensor, v2: &Tensor, average: bool) -> (f64, Vec<(String, Tensor)>) {
+/// The seed-7 model of `cfg` in float64.
+fn model(cfg: &ModelConfig) -> (VarStore, Lewel) {
     tch::manual_seed(7);
     let mut vs = VarStore::new(Device::Cpu);
     vs.set_kind(Kind::Double);
     let model = Lewel::new(&vs, cfg).unwrap();
+    (vs, model)
+}
+
+/// A model with the seed-7 initialisation on this rank's (v1, v2): the loss (mean over the ranks) and the
+/// gradients (averaged over the ranks when `average`) by name.
+fn grads(cfg: &ModelConfig, v1: &Tensor, v2: &Tensor, average: bool) -> (f64, Vec<(String, Tensor)>) {
+    let (_vs, model) = model(cfg);
     let terms = model.forward_loss(v1, v2).unwrap();
     terms.total.backward();
     let params = model.trainable();
@@ -89,10 +94,7 @@ fn rank_body(rank: usize, port: u16) {
     assert!(d < 1e-6, "rank {rank}: averaged gradients differ from one process with bn_splits 2 by {d} ({worst})");
     // the same through the reducer that overlaps the all-reduces with the backward pass (tiny buckets: many)
     let overlapped = {
-        tch::manual_seed(7);
-        let mut vs = VarStore::new(Device::Cpu);
-        vs.set_kind(Kind::Double);
-        let model = Lewel::new(&vs, &cfg(1)).unwrap();
+        let (_vs, model) = model(&cfg(1));
         let params: Vec<Tensor> = model.trainable().into_iter().map(|(_, t)| t).collect();
         let mut reducer = lewel_ffi::dist::Reducer::new(&params, 4096).unwrap();
         for _ in 0..2 {
@@ -142,10 +144,7 @@ fn rank_body(rank: usize, port: u16) {
 /// The losses of 4 training steps (LARS, EMA) from the seed-7 initialisation on the same views; gradients
 /// averaged over the ranks when `ranks`.
 fn train(cfg: &ModelConfig, v1: &Tensor, v2: &Tensor, ranks: bool) -> Vec<f64> {
-    tch::manual_seed(7);
-    let mut vs = VarStore::new(Device::Cpu);
-    vs.set_kind(Kind::Double);
-    let model = Lewel::new(&vs, cfg).unwrap();
+    let (_vs, model) = model(cfg);
     let mut opt = lewel::optim::Optimizer::new(model.trainable(), &lewel::optim::OptimConfig::default());
     let params: Vec<Tensor> = model.trainable().into_iter().map(|(_, t)| t).collect();
     (0..4)
@@ -170,10 +169,7 @@ fn train(cfg: &ModelConfig, v1: &Tensor, v2: &Tensor, ranks: bool) -> Vec<f64> {
 
 /// One process's loss and gradients on the whole batch (no collective: the loss of this process alone).
 fn grads_single(cfg: &ModelConfig, v1: &Tensor, v2: &Tensor) -> (f64, Vec<(String, Tensor)>) {
-    tch::manual_seed(7);
-    let mut vs = VarStore::new(Device::Cpu);
-    vs.set_kind(Kind::Double);
-    let model = Lewel::new(&vs, cfg).unwrap();
+    let (_vs, model) = model(cfg);
     let terms = model.forward_loss(v1, v2).unwrap();
     terms.total.backward();
     let loss = terms.total.double_value(&[]);
@@ -182,31 +178,18 @@ fn grads_single(cfg: &ModelConfig, v1: &Tensor, v2: &Tensor) -> (f64, Vec<(Strin
 
 #[test]
 fn two_ranks_equal_one_process() {
-    const NAME: &str = "two_ranks_equal_one_process";
-    if let Ok(rank) = std::env::var("LEWEL_TEST_RANK") {
-        let port = std::env::var("LEWEL_TEST_PORT").unwrap().parse().unwrap();
-        rank_body(rank.parse().unwrap(), port);
-        return;
-    }
-    let (v1, v2) = views();
-    let reference: Vec<Vec<f64>> =
-        [Method::LewelM, Method::MocoV2].into_iter().map(|m| train(&moco_cfg(m, 2), &v1, &v2, false)).collect();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let exe = std::env::current_exe().unwrap();
-    let kids: Vec<_> = (0..2)
-        .map(|r| {
-            Command::new(&exe)
-                .args(["--exact", NAME, "--nocapture", "--test-threads", "1"])
-                .env("LEWEL_TEST_RANK", r.to_string())
-                .env("LEWEL_TEST_PORT", port.to_string())
-                .env("LEWEL_TEST_REF", serde_json::to_string(&reference).unwrap())
-                .env("OMP_NUM_THREADS", "1")
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for (r, k) in kids.into_iter().enumerate() {
-        let out = k.wait_with_output().unwrap();
-        assert!(out.status.success(), "rank {r} failed: {:?}", out.status);
+    // the LEWEL_M / MoCo v2 reference: one process, computed here (outside any group) for the ranks to compare with
+    let reference = if std::env::var("LEWEL_TEST_RANK").is_ok() {
+        String::new()
+    } else {
+        let (v1, v2) = views();
+        let r: Vec<Vec<f64>> =
+            [Method::LewelM, Method::MocoV2].into_iter().map(|m| train(&moco_cfg(m, 2), &v1, &v2, false)).collect();
+        serde_json::to_string(&r).unwrap()
+    };
+    if let Some((rank, port)) =
+        lewel_ffi::testing::ranks("two_ranks_equal_one_process", 2, &[("LEWEL_TEST_REF", reference)])
+    {
+        rank_body(rank, port);
     }
 }

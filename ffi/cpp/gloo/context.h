@@ -1,4 +1,4 @@
-// Declarations only; see lib/cpp/gloo/README.md. `ProcessGroupGloo::setTimeout` (inline in c10d's header, never
+// Declarations only; see ffi/cpp/gloo/README.md. `ProcessGroupGloo::setTimeout` (inline in c10d's header, never
 // called by our code) names this member.
 #pragma once
 #include <chrono>

@@ -1,50 +1,29 @@
 //! Black-box tests of `pretrain --precision bf16|fp16` and `--channels-last` on tiny models (ResNet-18 width 4,
 //! 32 px, two or three steps, on the CPU: libtorch 2.11 autocasts to bfloat16 and float16 there too).
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use lewel::testing::json_lines;
 use lewel::testing::scratch;
-use lewel::testing::{json_lines, test_values, write_npy_f32};
 use serde_json::Value;
 use tch::Tensor;
 
-const BIN: &str = env!("CARGO_BIN_EXE_pretrain");
+use common::BIN;
 
-/// 8 view pairs of 32x32 (2 steps per epoch).
 fn views(dir: &Path) -> PathBuf {
-    let p = dir.join("views.npy");
-    write_npy_f32(&p, &[8, 2, 3, 32, 32], &test_values(8 * 2 * 3 * 32 * 32, 1));
-    p
+    common::views_n(dir, 8, 1)
 }
 
-const TINY: &[&str] = &[
-    "--preset",
-    "small-lewelb",
-    "--width",
-    "4",
-    "--proj-dim",
-    "16",
-    "--hidden-dim",
-    "32",
-    "--batch-size",
-    "4",
-    "--epochs",
-    "2",
-    "--warmup-epochs",
-    "1",
-    "--lr",
-    "0.1",
-    "--log-every",
-    "1",
-    "--device",
-    "cpu",
-    "--quiet",
-];
+fn tiny_args() -> Vec<&'static str> {
+    common::tiny(&["--batch-size", "4", "--epochs", "2"])
+}
 
 fn tiny(views: &Path, out: &Path, extra: &[&str]) -> Output {
-    let mut a: Vec<&str> = TINY.to_vec();
+    let mut a: Vec<&str> = tiny_args();
     let (v, o) = (views.to_str().unwrap(), out.to_str().unwrap());
     a.extend(["--views", v, "--out", o]);
     a.extend(extra);

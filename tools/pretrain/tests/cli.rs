@@ -1,5 +1,7 @@
 //! Black-box tests of `pretrain` on tiny models (ResNet-18 width 4, 32 px, a few steps).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -7,45 +9,22 @@ use lewel::testing::scratch;
 use lewel::testing::{check_help, json_lines, test_values, write_npy_f32};
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_pretrain");
+use common::BIN;
 
-/// 8 view pairs of 32x32.
 fn views(dir: &Path) -> PathBuf {
-    let p = dir.join("views.npy");
-    write_npy_f32(&p, &[8, 2, 3, 32, 32], &test_values(8 * 2 * 3 * 32 * 32, 1));
-    p
+    common::views_n(dir, 8, 1)
 }
 
-const TINY: &[&str] = &[
-    "--preset",
-    "small-lewelb",
-    "--width",
-    "4",
-    "--proj-dim",
-    "16",
-    "--hidden-dim",
-    "32",
-    "--batch-size",
-    "4",
-    "--epochs",
-    "3",
-    "--warmup-epochs",
-    "1",
-    "--lr",
-    "0.1",
-    "--log-every",
-    "1",
-    "--device",
-    "cpu",
-    "--quiet",
-];
+fn tiny_args() -> Vec<&'static str> {
+    common::tiny(&["--batch-size", "4", "--epochs", "3"])
+}
 
 fn pretrain(args: &[&str]) -> Output {
     Command::new(BIN).args(args).output().unwrap()
 }
 
 fn tiny(views: &Path, out: &Path, extra: &[&str]) -> Output {
-    let mut a: Vec<&str> = TINY.to_vec();
+    let mut a: Vec<&str> = tiny_args();
     let (v, o) = (views.to_str().unwrap(), out.to_str().unwrap());
     a.extend(["--views", v, "--out", o]);
     a.extend(extra);
@@ -135,7 +114,7 @@ fn sigint_writes_a_checkpoint_and_exits_130() {
     let d = scratch("sigint");
     let v = views(&d);
     let out = d.join("run");
-    let mut a: Vec<String> = TINY.iter().map(|s| s.to_string()).collect();
+    let mut a: Vec<String> = tiny_args().iter().map(|s| s.to_string()).collect();
     a.extend(["--epochs", "500", "--views", v.to_str().unwrap(), "--out", out.to_str().unwrap()].map(String::from));
     let mut child = Command::new(BIN).args(&a).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     // Wait for the first step event, then interrupt.
@@ -240,7 +219,7 @@ fn data_input_resume_is_bit_exact_across_thread_counts() {
     let data = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/fashion-mnist-tiny/train-images-idx3-ubyte");
     let run = |out: &Path, extra: &[&str]| {
         let mut a: Vec<&str> = vec![data];
-        a.extend(TINY);
+        a.extend(tiny_args());
         a.extend(["--batch-size", "32", "--epochs", "2", "--out", out.to_str().unwrap()]);
         a.extend(extra);
         pretrain(&a)

@@ -4,52 +4,30 @@
 //! MoCo v2 (ShuffleBN across the ranks); torchrun and Slurm launches; rank 0 alone writes; a killed rank stops
 //! the other with an error within 60 s.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use lewel::testing::{json_lines, scratch, test_values, write_npy_f32};
+use lewel::testing::{json_lines, scratch};
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_pretrain");
+use common::BIN;
 const LAUNCH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/launch-local.sh");
 const FMNIST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/fashion-mnist-tiny/train-images-idx3-ubyte");
 
-const TINY: &[&str] = &[
-    "--preset",
-    "small-lewelb",
-    "--width",
-    "4",
-    "--proj-dim",
-    "16",
-    "--hidden-dim",
-    "32",
-    "--batch-size",
-    "8",
-    "--epochs",
-    "2",
-    "--warmup-epochs",
-    "1",
-    "--lr",
-    "0.1",
-    "--log-every",
-    "1",
-    "--device",
-    "cpu",
-    "--quiet",
-    "--threads",
-    "1",
-];
+fn tiny_args() -> Vec<&'static str> {
+    common::tiny(&["--batch-size", "8", "--epochs", "2", "--threads", "1"])
+}
 
 fn views(dir: &Path) -> PathBuf {
-    let p = dir.join("views.npy");
-    write_npy_f32(&p, &[16, 2, 3, 32, 32], &test_values(16 * 2 * 3 * 32 * 32, 5));
-    p
+    common::views_n(dir, 16, 5)
 }
 
 fn args<'a>(input: &'a [&'a str], out: &'a Path, extra: &'a [&'a str]) -> Vec<&'a str> {
-    let mut a: Vec<&str> = TINY.to_vec();
+    let mut a: Vec<&str> = tiny_args();
     a.extend(input);
     a.extend(["--out", out.to_str().unwrap()]);
     a.extend(extra);

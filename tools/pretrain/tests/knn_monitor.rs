@@ -1,23 +1,18 @@
 //! The online kNN monitor of `pretrain` (`--knn-every`): `eval` events from the loop's periodic evaluation.
 
+mod common;
+
 use lewel::testing::scratch;
 use lewel::testing::{json_lines, run_tool};
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_pretrain");
+use common::BIN;
 const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures");
 
 fn args<'a>(train: &'a str, val: &'a str, out: &'a str) -> Vec<&'a str> {
-    vec![
-        train,
-        "--preset",
-        "small-lewelb",
-        "--width",
-        "4",
-        "--proj-dim",
-        "16",
-        "--hidden-dim",
-        "32",
+    let mut a = vec![train];
+    a.extend(common::TINY_MODEL);
+    a.extend([
         "--batch-size",
         "50",
         "--epochs",
@@ -41,7 +36,8 @@ fn args<'a>(train: &'a str, val: &'a str, out: &'a str) -> Vec<&'a str> {
         val,
         "--out",
         out,
-    ]
+    ]);
+    a
 }
 
 #[test]

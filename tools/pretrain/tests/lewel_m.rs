@@ -1,15 +1,17 @@
 //! Black-box tests of `pretrain --method lewel-m / mocov2` on tiny models (ResNet-18 width 4, 32 px, a few
 //! steps): the same loop, checkpoints and resume as LEWEL_B, with the key queue in the checkpoint.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use lewel::testing::json_lines;
 use lewel::testing::scratch;
-use lewel::testing::{json_lines, test_values, write_npy_f32};
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_pretrain");
+use common::BIN;
 
 /// 8 view pairs of 32x32.
 fn views(dir: &Path) -> PathBuf {
@@ -18,9 +20,7 @@ fn views(dir: &Path) -> PathBuf {
 
 /// `n` view pairs of 32x32.
 fn views_n(dir: &Path, n: u64) -> PathBuf {
-    let p = dir.join("views.npy");
-    write_npy_f32(&p, &[n, 2, 3, 32, 32], &test_values((n * 2 * 3 * 32 * 32) as usize, 1));
-    p
+    common::views_n(dir, n, 1)
 }
 
 /// small-lewelm shrunk: batch 4 of 8 images (2 steps per epoch), 2 BN slices (so ShuffleBN changes the

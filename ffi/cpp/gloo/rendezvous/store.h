@@ -1,4 +1,4 @@
-// Declarations only; see lib/cpp/gloo/README.md. The abstract store interface that c10d's inline GlooStore adaptor
+// Declarations only; see ffi/cpp/gloo/README.md. The abstract store interface that c10d's inline GlooStore adaptor
 // overrides (without GLOO_STORE_HAS_STORE_V2, so only these four); never instantiated by our code.
 #pragma once
 #include <chrono>

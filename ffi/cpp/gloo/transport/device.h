@@ -1,9 +1,3 @@
-// Declarations only; see lib/cpp/gloo/README.md.
+// Declarations only; see ffi/cpp/gloo/README.md: the names c10d uses are all in context.h.
 #pragma once
-namespace gloo {
-class Context;
-namespace transport {
-class Device;
-class UnboundBuffer;
-} // namespace transport
-} // namespace gloo
+#include <gloo/context.h>
