@@ -25,6 +25,7 @@ pub mod error;
 pub mod eval;
 pub mod events;
 pub mod exit;
+pub mod fault;
 pub mod export;
 pub mod fsio;
 pub mod loss;
