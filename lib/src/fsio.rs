@@ -45,13 +45,12 @@ where
         fill(&mut w)?;
         if crate::fault::active().slow_write_ms.is_some() {
             // half the bytes in the temp file, the rest still buffered: a kill now leaves a partial temp file
-            let len = w.buffer().len();
-            let half = w.buffer()[..len / 2].to_vec();
-            let rest = w.buffer()[len / 2..].to_vec();
-            let mut file = w.into_inner().map_err(|e| e.into_error())?;
-            file.write_all(&half)?;
+            let (mut file, buffered) = w.into_parts();
+            let buffered = buffered.map_err(|_| io::Error::other("a writer panicked"))?;
+            let half = buffered.len() / 2;
+            file.write_all(&buffered[..half])?;
             crate::fault::pause_in_write();
-            file.write_all(&rest)?;
+            file.write_all(&buffered[half..])?;
             w = BufWriter::new(file);
         }
         let file = w.into_inner().map_err(|e| e.into_error())?;

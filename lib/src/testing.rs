@@ -169,7 +169,9 @@ fn picture(seed: u32, format: image::ImageFormat) -> Vec<u8> {
         image::Rgb([(x * 6 + seed * 40) as u8, (y * 7 + seed * 17) as u8, ((x + y) * 3 + seed * 90) as u8])
     });
     let mut v = Vec::new();
-    image::DynamicImage::ImageRgb8(img).write_to(&mut std::io::Cursor::new(&mut v), format).expect("encode a test image");
+    image::DynamicImage::ImageRgb8(img)
+        .write_to(&mut std::io::Cursor::new(&mut v), format)
+        .expect("encode a test image");
     v
 }
 

@@ -858,6 +858,8 @@ pub fn prepare_resume(opts: &RunOptions, run_dir: &RunDir, tool: &str, sink: &mu
     }
     let dir = run_dir.ckpt_dir();
     if crate::dist::is_main() {
+        // fail now, not at the first checkpoint after hours of work
+        crate::fsio::ensure_writable_dir(&dir)?;
         for p in crate::fsio::remove_stale_temps(&dir) {
             sink.emit(
                 &Event::new(tool, "warn")
@@ -865,12 +867,13 @@ pub fn prepare_resume(opts: &RunOptions, run_dir: &RunDir, tool: &str, sink: &mu
             )?;
         }
     }
-    let none = !dir.is_dir() || ckpt::list(&dir)?.is_empty();
-    if none {
-        crate::fsio::ensure_writable_dir(&dir)?;
+    if ckpt::list(&dir)?.is_empty() {
         sink.emit(&Event::new(tool, "warn").str(
             "message",
-            format!("resume: {} holds no checkpoint yet (the run stopped before its first); starting it over", dir.display()),
+            format!(
+                "resume: {} holds no checkpoint yet (the run stopped before its first); starting it over",
+                dir.display()
+            ),
         ))?;
         opts.resume = false;
     }

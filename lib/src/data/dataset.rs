@@ -177,7 +177,10 @@ fn walk_images(dir: &Path, walk: &mut Walk) -> Result<()> {
     if id.is_some_and(|id| walk.ancestors.contains(&id)) {
         walk.broken.push((
             walk.files.len(),
-            format!("a folder link that leads back to a folder above it (a symlink loop): {} not listed", dir.display()),
+            format!(
+                "a folder link that leads back to a folder above it (a symlink loop): {} not listed",
+                dir.display()
+            ),
         ));
         walk.files.push(dir.to_path_buf());
         return Ok(());
