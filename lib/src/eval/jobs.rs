@@ -345,6 +345,7 @@ pub fn linear(
                     cfg.protocol.batch_size,
                     threads,
                     cfg.seed,
+                    embed.strict,
                     cfg.device,
                 )?;
                 let split = linear::TrainSplit {
@@ -408,6 +409,11 @@ pub struct CkptArgs {
     /// already holds a result for with the same protocol: run it from cron.
     #[arg(long, value_name = "FILE.jsonl")]
     pub results: Option<PathBuf>,
+
+    /// With --ckpt: stop at the first unreadable image (default: a blank image, or in linear-probe's training
+    /// epochs another item, takes its place, and a `warn` event names it).
+    #[arg(long, requires = "ckpt")]
+    pub strict: bool,
 }
 
 impl CkptArgs {
@@ -427,13 +433,14 @@ impl CkptArgs {
         let (td, vd) = (self.train_data.clone().unwrap_or_default(), self.val_data.clone().unwrap_or_default());
         let mode = Mode::Ckpts {
             ckpts: self.ckpt.clone(),
-            train: DataSpec { path: td.clone(), root: None, strict: false },
-            val: DataSpec { path: vd.clone(), root: None, strict: false },
+            train: DataSpec { path: td.clone(), root: None, strict: self.strict },
+            val: DataSpec { path: vd.clone(), root: None, strict: self.strict },
             embed: EmbedSettings {
                 resize: self.resize,
                 crop: self.crop,
                 batch_size: self.embed_batch_size,
                 threads: self.threads,
+                strict: self.strict,
             },
         };
         (FeatureSource::Data { data: td }, FeatureSource::Data { data: vd }, mode)

@@ -509,3 +509,29 @@ fn injected_divergence_exits_3_naming_the_step_and_keeps_the_last_checkpoint() {
     assert_same_as_reference(&run, &logged);
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// Every kind of bad file (lewel::testing::bad_data: truncated, empty, text, decompression bombs, unreadable,
+/// symlink loops) is replaced and named in a `warn` event while the run goes on; --strict fails naming one.
+#[test]
+fn every_kind_of_bad_file_is_skipped_and_reported_or_fatal_with_strict() {
+    let d = scratch("faults-bad-data");
+    let bad = lewel::testing::bad_data(&d.join("data"));
+    let args = |out: &str| {
+        let mut a: Vec<String> = vec![bad.dir.display().to_string()];
+        a.extend(TINY.iter().map(|s| s.to_string()));
+        a.extend(["--epochs", "2", "--threads", "1", "--out"].map(String::from));
+        a.push(d.join(out).display().to_string());
+        a
+    };
+    let (o, expected) = bad.run(Command::new(BIN).args(args("run")));
+    let warns = bad.assert_skipped_and_reported("pretrain", &o, &expected);
+    let ev = json_lines(&o.stdout);
+    assert_eq!(ev.last().unwrap()["status"], "finished");
+    let (o, _) = bad.run(Command::new(BIN).args(args("strict")).arg("--strict"));
+    let line = bad.assert_strict_fails("pretrain", &o, false);
+    eprintln!(
+        "RELIABILITY bad-data pretrain: {} bad files, {warns} warn events over 2 epochs; --strict: {line}",
+        expected.len()
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
