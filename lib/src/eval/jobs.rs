@@ -89,6 +89,27 @@ fn data_protocol(m: &mut Map<String, Value>, splits: &Splits, train: &DataSpec, 
     }
 }
 
+/// Opens a listed checkpoint, or `None` (with a `warn` event) when its run deleted it meanwhile: a cron job
+/// evaluating a live run's folder races the run's pruning of old checkpoints, and that is no error.
+fn open_listed(
+    ck: &CkptRef,
+    device: tch::Device,
+    tool: &str,
+    sink: &mut dyn EventSink,
+) -> Result<Option<crate::embed::InferenceModel>> {
+    match crate::embed::open_model(&ck.path, device, tool, sink) {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if !ck.path.exists() => {
+            sink.emit(&Event::new(tool, "warn").str(
+                "message",
+                format!("{} was deleted (pruned by its run) after it was listed; skipped: {e:#}", ck.path.display()),
+            ))?;
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Bookkeeping shared by both probes: skip, emit, append.
 struct Ledger {
     tool: &'static str,
@@ -257,7 +278,7 @@ pub fn knn(
                     continue;
                 }
                 let t0 = Instant::now();
-                let model = crate::embed::open_model(&ck.path, cfg.device, TOOL, sink)?;
+                let Some(model) = open_listed(&ck, cfg.device, TOOL, sink)? else { continue };
                 let recipe = onthefly::eval_recipe(&model, embed)?;
                 let tr = onthefly::embed_split(&model, splits.train.clone(), &recipe, embed, cfg.device, TOOL, sink)?;
                 let va = onthefly::embed_split(&model, splits.val.clone(), &recipe, embed, cfg.device, TOOL, sink)?;
@@ -334,7 +355,7 @@ pub fn linear(
                     continue;
                 }
                 let t0 = Instant::now();
-                let model = crate::embed::open_model(&ck.path, cfg.device, TOOL, sink)?;
+                let Some(model) = open_listed(&ck, cfg.device, TOOL, sink)? else { continue };
                 let recipe = onthefly::eval_recipe(&model, embed)?;
                 let train_recipe = onthefly::train_recipe(&recipe)?;
                 let va = onthefly::embed_split(&model, splits.val.clone(), &recipe, embed, cfg.device, TOOL, sink)?;
