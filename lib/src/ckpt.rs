@@ -291,8 +291,10 @@ pub fn prune(dir: &Path, keep_last: usize, keep_every_epochs: u64) -> Result<Vec
             Err(_) => false,
         };
         if !keep {
-            let _ = fs::remove_file(sidecar_path(&p));
+            // The tensor file first: a probe listing the folder meanwhile no longer sees the checkpoint, where the
+            // other order would show it without its sidecar, like one still being written.
             fs::remove_file(&p).with_context(|| format!("could not delete {}", p.display()))?;
+            let _ = fs::remove_file(sidecar_path(&p));
             removed.push(p);
         }
     }

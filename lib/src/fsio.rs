@@ -31,7 +31,9 @@ pub fn is_temp_name(name: &str) -> bool {
 }
 
 /// Writes `path` atomically: `fill` writes the content into a buffered temp file, which is then
-/// synced and renamed over `path`. On any error the temp file is removed and `path` is untouched.
+/// synced and renamed over `path`. On any error the temp file is removed and `path` is untouched; the
+/// error names `path` and, for a full disk, a file-size limit, a read-only file system or a permission
+/// problem, says so and what to do.
 pub fn write_atomic<F>(path: &Path, fill: F) -> Result<()>
 where
     F: FnOnce(&mut BufWriter<File>) -> io::Result<()>,
@@ -41,6 +43,16 @@ where
         let file = File::create(&tmp)?;
         let mut w = BufWriter::with_capacity(1 << 20, file);
         fill(&mut w)?;
+        if crate::fault::active().slow_write_ms.is_some() {
+            // half the bytes in the temp file, the rest still buffered: a kill now leaves a partial temp file
+            let (mut file, buffered) = w.into_parts();
+            let buffered = buffered.map_err(|_| io::Error::other("a writer panicked"))?;
+            let half = buffered.len() / 2;
+            file.write_all(&buffered[..half])?;
+            crate::fault::pause_in_write();
+            file.write_all(&buffered[half..])?;
+            w = BufWriter::new(file);
+        }
         let file = w.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         drop(file);
@@ -51,7 +63,53 @@ where
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
-    result.with_context(|| format!("could not write {}", path.display()))
+    result.map_err(|e| {
+        let hint = hint(&e);
+        anyhow::Error::new(e).context(format!("could not write {}{hint}", path.display()))
+    })
+}
+
+/// What an I/O error means for the user, for the few that have one clear cause (`""` otherwise).
+pub fn hint(e: &io::Error) -> &'static str {
+    match e.kind() {
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
+            " (the disk is full or over quota: free some space or choose another --out)"
+        }
+        io::ErrorKind::FileTooLarge => {
+            " (the file would pass the file-size limit, `ulimit -f`: raise it or choose another --out)"
+        }
+        io::ErrorKind::ReadOnlyFilesystem => " (the file system is read-only: choose another --out)",
+        io::ErrorKind::PermissionDenied => " (permission denied: fix the folder's permissions or choose another --out)",
+        _ => "",
+    }
+}
+
+/// Deletes the temp files that dead processes left in `dir` (a crash or a kill in mid-write), and returns
+/// them. A temp file of a live process (another tool writing into the same folder) is left alone.
+pub fn remove_stale_temps(dir: &Path) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else { return removed };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !is_temp_name(&name) {
+            continue;
+        }
+        // `.NAME.tmp-PID-N[.EXT]`
+        let pid = name.rsplit_once(".tmp-").and_then(|(_, rest)| rest.split('-').next()?.parse::<i32>().ok());
+        let alive = match pid {
+            Some(pid) if pid == std::process::id() as i32 => true,
+            // SAFETY: kill with signal 0 only checks whether the process exists.
+            Some(pid) if pid > 0 => {
+                (unsafe { libc::kill(pid, 0) }) == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+            }
+            _ => false,
+        };
+        if !alive && fs::remove_file(e.path()).is_ok() {
+            removed.push(e.path());
+        }
+    }
+    removed.sort();
+    removed
 }
 
 /// Writes `bytes` to `path` atomically.
@@ -150,6 +208,34 @@ mod tests {
         }
         stop.store(true, Ordering::Relaxed);
         assert!(reader.join().unwrap() > 0);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn stale_temps_of_dead_processes_are_removed() {
+        let d = scratch("stale");
+        // pid 0 is never a process we could have been; ours is alive.
+        let dead = d.join(".step-00000001.safetensors.tmp-0-3.safetensors");
+        let mine = temp_path_for(&d.join("x.json"));
+        for p in [&dead, &mine, &d.join("step-00000001.safetensors")] {
+            fs::write(p, b"x").unwrap();
+        }
+        assert_eq!(remove_stale_temps(&d), vec![dead.clone()]);
+        assert!(!dead.exists() && mine.exists());
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn error_hints_name_the_cause() {
+        let full = io::Error::from_raw_os_error(libc::ENOSPC);
+        assert!(hint(&full).contains("disk is full"));
+        assert!(hint(&io::Error::from_raw_os_error(libc::EFBIG)).contains("ulimit -f"));
+        assert!(hint(&io::Error::from_raw_os_error(libc::EROFS)).contains("read-only"));
+        assert_eq!(hint(&io::Error::other("x")), "");
+        let d = scratch("hint");
+        let err = write_atomic(&d.join("a.json"), |_| Err(io::Error::from_raw_os_error(libc::ENOSPC))).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("a.json (the disk is full") && msg.contains("No space left"), "{msg}");
         fs::remove_dir_all(&d).unwrap();
     }
 

@@ -26,6 +26,7 @@ pub mod eval;
 pub mod events;
 pub mod exit;
 pub mod export;
+pub mod fault;
 pub mod fsio;
 pub mod loss;
 pub mod model;

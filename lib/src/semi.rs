@@ -589,6 +589,7 @@ pub fn run(
     if cfg.eval_every == 0 {
         return Err(LewelError::Usage("--eval-every must be at least 1".into()).into());
     }
+    let opts = &train::prepare_resume(opts, run_dir, TOOL, sink)?;
     let subset = open_subset(cfg)?;
     let val_data =
         crate::data::open(&DataSpec { path: cfg.val.clone(), root: None, strict: cfg.strict }).context("--val-data")?;

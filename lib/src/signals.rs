@@ -32,3 +32,14 @@ pub fn install() {
 pub fn requested() -> bool {
     RECEIVED.load(Ordering::SeqCst) > 0
 }
+
+/// Makes a write past the file-size limit (`ulimit -f`) fail with `EFBIG` instead of killing the
+/// process. The kernel sends SIGXFSZ to a process that writes past its limit, and the default action
+/// ends it at once, leaving a temp file behind and no message; ignored, the write returns an error that
+/// [`crate::fsio`] turns into a clear one, after removing its temp file. Every tool calls this first.
+pub fn ignore_file_size_signal() {
+    // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+}

@@ -89,3 +89,194 @@ pub fn tiny_checkpoint(dir: &std::path::Path, move_bn_stats: bool) -> std::path:
     std::fs::create_dir_all(dir).expect("checkpoint folder");
     crate::ckpt::save(dir, 1, 0, &model.state_dict(), &serde_json::json!({"config": {"model": cfg}})).expect("save")
 }
+
+/// Whether this process runs as root (which reads and writes any file whatever its permissions).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Makes `cmd` run without root's power over file permissions (the capabilities `CAP_DAC_OVERRIDE` and
+/// `CAP_DAC_READ_SEARCH` are dropped from its bounding set before `exec`), so that a read-only folder or an
+/// unreadable file is one for the tool too, as for any other user. Nothing to do when not root. Returns
+/// false when it cannot be done (root without `CAP_SETPCAP`, in some containers): the caller skips what
+/// needs it, saying so.
+pub fn without_root_file_access(cmd: &mut Command) -> bool {
+    use std::os::unix::process::CommandExt;
+    if !is_root() {
+        return true;
+    }
+    const CAP_SETPCAP: u32 = 8;
+    let can = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("CapEff:").map(|v| v.trim().to_string())))
+        .and_then(|v| u64::from_str_radix(&v, 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_SETPCAP) != 0);
+    if !can {
+        return false;
+    }
+    // SAFETY: prctl is async-signal-safe, and the closure allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            const PR_CAPBSET_DROP: libc::c_int = 24;
+            const CAP_DAC_OVERRIDE: libc::c_ulong = 1;
+            const CAP_DAC_READ_SEARCH: libc::c_ulong = 2;
+            for cap in [CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH] {
+                if libc::prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    true
+}
+
+/// A labelled image folder (classes `a` and `b`) seeded with every kind of bad file the tools must survive
+/// (RELIABILITY.md), made at test time by [`bad_data`].
+pub struct BadData {
+    /// The folder (DATA).
+    pub dir: std::path::PathBuf,
+    /// Good images (PNG and JPEG, 40x36).
+    pub good: usize,
+    /// The bad items in the order the tools list them (torchvision's: sorted), each with what is wrong.
+    pub bad: Vec<(std::path::PathBuf, &'static str)>,
+}
+
+impl BadData {
+    /// Every item (good and bad).
+    pub fn len(&self) -> usize {
+        self.good + self.bad.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Runs a tool that reads this data: without root's file access where that can be dropped (see
+    /// [`without_root_file_access`]). Returns its output and the bad items it must report: all of them, or all
+    /// but the mode-000 file when the tool runs as root with its full access (said on stderr).
+    pub fn run(&self, cmd: &mut Command) -> (Output, Vec<std::path::PathBuf>) {
+        let dropped = without_root_file_access(cmd);
+        if !dropped {
+            eprintln!("NOTE: root without CAP_SETPCAP reads a mode-000 file: the unreadable-file case is not tried");
+        }
+        let out = cmd.env("OMP_NUM_THREADS", "1").output().expect("run the tool");
+        let bad = self.bad.iter().filter(|(p, _)| dropped || !p.ends_with("unreadable.jpg")).map(|b| b.0.clone());
+        (out, bad.collect())
+    }
+
+    /// Checks a run that must finish (exit 0) and name every bad item in a `warn` event (its `message` or
+    /// `file`). Returns the number of `warn` events.
+    pub fn assert_skipped_and_reported(&self, tool: &str, out: &Output, bad: &[std::path::PathBuf]) -> usize {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{tool} on bad data: {stderr}");
+        let warns: Vec<String> = json_lines(&out.stdout)
+            .into_iter()
+            .filter(|e| e["event"] == "warn")
+            .map(|e| format!("{} {}", e["file"].as_str().unwrap_or(""), e["message"].as_str().unwrap_or("")))
+            .collect();
+        for p in bad {
+            let name = p.display().to_string();
+            let what = self.bad.iter().find(|b| &b.0 == p).map_or("", |b| b.1);
+            assert!(
+                warns.iter().any(|w| w.contains(&name)),
+                "{tool} did not report the {what} {name}; it reported {warns:#?}"
+            );
+        }
+        warns.len()
+    }
+
+    /// Checks a `--strict` run: exit 1, and the error on stderr names a bad item (`first`: that one, the first in
+    /// the data's order, for tools that read in order). Returns the error line.
+    pub fn assert_strict_fails(&self, tool: &str, out: &Output, first: bool) -> String {
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{tool} --strict on bad data: {stderr}");
+        let line = stderr.lines().find(|l| l.contains(": error: ")).unwrap_or_default().to_string();
+        let named: Vec<&std::path::PathBuf> =
+            self.bad.iter().map(|b| &b.0).filter(|p| line.contains(&p.display().to_string())).collect();
+        assert!(!named.is_empty(), "{tool} --strict names no bad file: {stderr}");
+        if first {
+            assert_eq!(named[0], &self.bad[0].0, "{tool} --strict does not name the first bad file: {stderr}");
+        }
+        line
+    }
+}
+
+/// Encodes a small deterministic picture.
+fn picture(seed: u32, format: image::ImageFormat) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(40, 36, |x, y| {
+        image::Rgb([(x * 6 + seed * 40) as u8, (y * 7 + seed * 17) as u8, ((x + y) * 3 + seed * 90) as u8])
+    });
+    let mut v = Vec::new();
+    image::DynamicImage::ImageRgb8(img)
+        .write_to(&mut std::io::Cursor::new(&mut v), format)
+        .expect("encode a test image");
+    v
+}
+
+/// A PNG whose header claims `width` x `height` pixels (valid chunks and CRCs) and holds one row of pixel data.
+pub fn png_claiming(width: u32, height: u32) -> Vec<u8> {
+    let mut v = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut chunk = |kind: &[u8], data: &[u8]| {
+        let mut body = kind.to_vec();
+        body.extend(data);
+        v.extend((data.len() as u32).to_be_bytes());
+        v.extend(&body);
+        v.extend(crc32fast::hash(&body).to_be_bytes());
+    };
+    let mut ihdr = width.to_be_bytes().to_vec();
+    ihdr.extend(height.to_be_bytes());
+    ihdr.extend([8, 2, 0, 0, 0]); // 8-bit RGB, no interlace
+    chunk(b"IHDR", &ihdr);
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut z, &[0u8; 64]).expect("zlib");
+    chunk(b"IDAT", &z.finish().expect("zlib"));
+    chunk(b"IEND", b"");
+    v
+}
+
+/// A JPEG whose frame header claims `width` x `height` pixels: a real small JPEG with its SOF0 sizes rewritten.
+pub fn jpeg_claiming(width: u16, height: u16) -> Vec<u8> {
+    let mut v = picture(9, image::ImageFormat::Jpeg);
+    let sof = v.windows(2).position(|w| w == [0xFF, 0xC0]).expect("a baseline JPEG has SOF0");
+    v[sof + 5..sof + 7].copy_from_slice(&height.to_be_bytes());
+    v[sof + 7..sof + 9].copy_from_slice(&width.to_be_bytes());
+    v
+}
+
+/// Makes [`BadData`] under `dir` (created): 8 good images, and a truncated JPEG, a zero-byte file, a text file
+/// named `.jpg`, a PNG and a JPEG whose headers claim billions of pixels (decompression bombs), a file nobody
+/// may read (mode 000: unreadable to the tools only through [`without_root_file_access`] when the tests run
+/// as root), a symlink to itself and a folder link that loops back to its parent.
+pub fn bad_data(dir: &std::path::Path) -> BadData {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    use std::path::PathBuf;
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    std::fs::create_dir_all(&a).expect("bad data folder");
+    std::fs::create_dir_all(&b).expect("bad data folder");
+    let write = |p: &PathBuf, bytes: &[u8]| std::fs::write(p, bytes).expect("write a bad data file");
+    for i in 0..4u32 {
+        write(&a.join(format!("good-{i}.png")), &picture(i, image::ImageFormat::Png));
+        write(&b.join(format!("good-{}.jpg", i + 4)), &picture(i + 4, image::ImageFormat::Jpeg));
+    }
+    let jpeg = picture(11, image::ImageFormat::Jpeg);
+    let bad: Vec<(PathBuf, &'static str)> = vec![
+        (a.join("bomb.png"), "PNG header claiming 100000x100000 pixels"),
+        (a.join("empty.jpg"), "zero-byte file"),
+        (a.join("text.jpg"), "text file named .jpg"),
+        (a.join("truncated.jpg"), "truncated JPEG"),
+        (b.join("bomb.jpg"), "JPEG header claiming 65500x65500 pixels"),
+        (b.join("self-loop.jpg"), "symlink to itself"),
+        (b.join("unreadable.jpg"), "file with mode 000"),
+        (b.join("zz-loop"), "folder link to its own parent folder"),
+    ];
+    write(&bad[0].0, &png_claiming(100_000, 100_000));
+    write(&bad[1].0, b"");
+    write(&bad[2].0, b"this is not an image\n");
+    write(&bad[3].0, &jpeg[..jpeg.len() / 3]);
+    write(&bad[4].0, &jpeg_claiming(65_500, 65_500));
+    symlink("self-loop.jpg", &bad[5].0).expect("symlink");
+    write(&bad[6].0, &jpeg);
+    std::fs::set_permissions(&bad[6].0, std::fs::Permissions::from_mode(0o000)).expect("chmod 000");
+    symlink(".", &bad[7].0).expect("folder symlink");
+    BadData { dir: dir.to_path_buf(), good: 8, bad }
+}

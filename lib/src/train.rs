@@ -568,17 +568,21 @@ pub fn train_loop<B>(
         };
         let t_step = Instant::now();
         let out = task.train_step(batch.data, &ctx)?;
-        let loss = out.loss;
+        let loss = crate::fault::loss_at(step + 1, out.loss);
         if !loss.is_finite() {
+            // numbered as the `step` events and checkpoints are: this is step `step + 1`, the last finished `step`
             let mut ev = Event::new(tool, "error")
                 .str("message", "training diverged: non-finite loss")
-                .int("step", step as i64)
+                .int("step", step as i64 + 1)
                 .int("epoch", epoch as i64);
             if let Some(l) = window.last_loss {
-                ev = ev.num("last_finite_loss", l).int("last_finite_step", step.saturating_sub(1) as i64);
+                ev = ev.num("last_finite_loss", l).int("last_finite_step", step as i64);
+            }
+            if let Some(s) = last_saved {
+                ev = ev.str("last_checkpoint", run_dir.ckpt_dir().join(ckpt::file_name(s)).display().to_string());
             }
             sink.emit(&ev)?;
-            return Err(LewelError::Diverged { step, loss }.into());
+            return Err(LewelError::Diverged { step: step + 1, loss }.into());
         }
         let busy_s = t_step.elapsed().as_secs_f64();
         step += 1;
@@ -851,6 +855,39 @@ impl TrainTask for PretrainTask<'_> {
     }
 }
 
+/// Prepares a `--resume`: deletes the temp files a killed process left in `ckpt/` (each reported as a `warn`
+/// event), and, when the run stopped before its first checkpoint (killed during its first steps), starts it over
+/// (`resume: false`, with a `warn` event): nothing was lost, and the restarted run is the one an uninterrupted run
+/// would have been. Other options are returned as they are.
+pub fn prepare_resume(opts: &RunOptions, run_dir: &RunDir, tool: &str, sink: &mut dyn EventSink) -> Result<RunOptions> {
+    let mut opts = opts.clone();
+    if !opts.resume {
+        return Ok(opts);
+    }
+    let dir = run_dir.ckpt_dir();
+    if crate::dist::is_main() {
+        // fail now, not at the first checkpoint after hours of work
+        crate::fsio::ensure_writable_dir(&dir)?;
+        for p in crate::fsio::remove_stale_temps(&dir) {
+            sink.emit(
+                &Event::new(tool, "warn")
+                    .str("message", format!("resume: deleted {}, left by an interrupted write", p.display())),
+            )?;
+        }
+    }
+    if ckpt::list(&dir)?.is_empty() {
+        sink.emit(&Event::new(tool, "warn").str(
+            "message",
+            format!(
+                "resume: {} holds no checkpoint yet (the run stopped before its first); starting it over",
+                dir.display()
+            ),
+        ))?;
+        opts.resume = false;
+    }
+    Ok(opts)
+}
+
 /// Runs (or resumes) pre-training. Returns the path of the final checkpoint.
 pub fn run(
     cfg: &PretrainConfig,
@@ -859,6 +896,7 @@ pub fn run(
     sink: &mut dyn EventSink,
     progress: &mut dyn FnMut(&StepReport),
 ) -> Result<PathBuf> {
+    let opts = &prepare_resume(opts, run_dir, TOOL, sink)?;
     let source = Source::open(&cfg.input, cfg, opts.threads, opts.device)?;
     if cfg.batch_size == 0 {
         return Err(LewelError::Usage("--batch-size must be at least 1".into()).into());

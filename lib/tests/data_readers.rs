@@ -194,3 +194,39 @@ fn odd_image_files_decode_like_pil() {
         assert!(max <= tol_max && mean <= tol_mean, "{file}: max {max}, mean {mean}");
     }
 }
+
+/// The bad-data fixture (RELIABILITY.md): every bad item fails to load with a reason, every good one loads,
+/// the folder link loop is listed once (not followed), and the labels stay those of the class folders.
+#[test]
+fn bad_data_items_fail_one_by_one_and_the_rest_load() {
+    let d = scratch("bad-data");
+    let bad = lewel::testing::bad_data(&d.join("data"));
+    let ds = open_path(&bad.dir);
+    assert_eq!(ds.len(), bad.len(), "{}", ds.describe());
+    assert_eq!(ds.num_classes(), Some(2));
+    let mut failed = Vec::new();
+    for i in 0..ds.len() {
+        match ds.load(i) {
+            Ok(img) => assert_eq!(img.dimensions(), (40, 36), "{}", ds.name(i)),
+            Err(e) => failed.push((ds.name(i), format!("{e:#}"))),
+        }
+    }
+    let names: Vec<String> = failed.iter().map(|f| f.0.clone()).collect();
+    let expected: Vec<String> = bad
+        .bad
+        .iter()
+        .filter(|(p, _)| !(lewel::testing::is_root() && p.ends_with("unreadable.jpg")))
+        .map(|(p, _)| p.display().to_string())
+        .collect();
+    assert_eq!(names, expected, "{failed:#?}");
+    let why = |name: &str| &failed.iter().find(|f| f.0.ends_with(name)).unwrap().1;
+    assert!(why("bomb.png").contains("decompression bomb"), "{}", why("bomb.png"));
+    assert!(why("bomb.jpg").contains("decompression bomb"), "{}", why("bomb.jpg"));
+    assert!(why("text.jpg").contains("not an image"), "{}", why("text.jpg"));
+    assert!(why("empty.jpg").contains("empty (0 bytes)"), "{}", why("empty.jpg"));
+    assert!(why("zz-loop").contains("symlink loop"), "{}", why("zz-loop"));
+    for (n, w) in &failed {
+        eprintln!("{n}: {w}");
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}

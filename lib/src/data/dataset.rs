@@ -129,6 +129,8 @@ pub struct FileList {
     /// The folder that names are relative to in the fingerprint.
     base: PathBuf,
     files: Vec<PathBuf>,
+    /// Items found unreadable while listing (symlink loops), with the reason [`Dataset::load`] gives.
+    broken: std::collections::HashMap<usize, String>,
     labels: Option<Vec<i64>>,
     num_classes: Option<usize>,
     ignored: usize,
@@ -150,26 +152,59 @@ fn sorted_entries(dir: &Path) -> Result<Vec<(String, PathBuf, bool)>> {
     Ok(v)
 }
 
-/// Image files under `dir`, recursively, in torchvision's order (sorted folders, sorted names).
-fn walk_images(dir: &Path, out: &mut Vec<PathBuf>, ignored: &mut usize, depth: usize) -> Result<()> {
-    if depth > 64 {
-        bail!("{}: folders nested more than 64 deep (a link loop?)", dir.display());
+/// A folder's identity (device, inode), following links.
+fn folder_id(dir: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(dir).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// What [`walk_images`] collects.
+#[derive(Default)]
+struct Walk {
+    files: Vec<PathBuf>,
+    /// Items known to be unreadable while listing (a folder link that loops): (index, why).
+    broken: Vec<(usize, String)>,
+    ignored: usize,
+    /// The folders from the top down to the one being listed.
+    ancestors: Vec<(u64, u64)>,
+}
+
+/// Image files under `dir`, recursively, in torchvision's order (sorted folders, sorted names). A folder
+/// reached again below itself through a link (a symlink loop) is not entered: it becomes an item that fails
+/// to load, so every tool skips and reports it like an unreadable image, and `--strict` stops on it.
+fn walk_images(dir: &Path, walk: &mut Walk) -> Result<()> {
+    let id = folder_id(dir);
+    if id.is_some_and(|id| walk.ancestors.contains(&id)) {
+        walk.broken.push((
+            walk.files.len(),
+            format!(
+                "a folder link that leads back to a folder above it (a symlink loop): {} not listed",
+                dir.display()
+            ),
+        ));
+        walk.files.push(dir.to_path_buf());
+        return Ok(());
+    }
+    if walk.ancestors.len() > 64 {
+        bail!("{}: folders nested more than 64 deep", dir.display());
     }
     let entries = sorted_entries(dir)?;
     for (_, p, is_dir) in &entries {
         if !is_dir {
             if is_image_name(p) {
-                out.push(p.clone());
+                walk.files.push(p.clone());
             } else {
-                *ignored += 1;
+                walk.ignored += 1;
             }
         }
     }
+    walk.ancestors.push(id.unwrap_or((u64::MAX, u64::MAX)));
     for (_, p, is_dir) in entries {
         if is_dir {
-            walk_images(&p, out, ignored, depth + 1)?;
+            walk_images(&p, walk)?;
         }
     }
+    walk.ancestors.pop();
     Ok(())
 }
 
@@ -183,35 +218,37 @@ impl FileList {
     /// flat folder of unlabeled images.
     pub fn from_folder(dir: &Path) -> Result<FileList> {
         let classes = class_folders(dir)?;
-        let mut files = Vec::new();
-        let mut ignored = 0;
+        let mut walk = Walk::default();
         if classes.is_empty() {
-            walk_images(dir, &mut files, &mut ignored, 0)?;
+            walk_images(dir, &mut walk)?;
             return Ok(FileList {
                 kind: "folder",
                 source: dir.to_path_buf(),
                 base: dir.to_path_buf(),
-                files,
+                files: walk.files,
+                broken: walk.broken.into_iter().collect(),
                 labels: None,
                 num_classes: None,
-                ignored,
+                ignored: walk.ignored,
             });
         }
-        ignored = sorted_entries(dir)?.iter().filter(|e| !e.2).count();
+        walk.ignored = sorted_entries(dir)?.iter().filter(|e| !e.2).count();
+        walk.ancestors.extend(folder_id(dir));
         let mut labels = Vec::new();
         for (k, c) in classes.iter().enumerate() {
-            let before = files.len();
-            walk_images(&dir.join(c), &mut files, &mut ignored, 1)?;
-            labels.extend(std::iter::repeat_n(k as i64, files.len() - before));
+            let before = walk.files.len();
+            walk_images(&dir.join(c), &mut walk)?;
+            labels.extend(std::iter::repeat_n(k as i64, walk.files.len() - before));
         }
         Ok(FileList {
             kind: "imagefolder",
             source: dir.to_path_buf(),
             base: dir.to_path_buf(),
-            files,
+            files: walk.files,
+            broken: walk.broken.into_iter().collect(),
             labels: Some(labels),
             num_classes: Some(classes.len()),
-            ignored,
+            ignored: walk.ignored,
         })
     }
 
@@ -296,6 +333,7 @@ impl FileList {
             source: list.to_path_buf(),
             base,
             files,
+            broken: Default::default(),
             labels: Some(labels),
             num_classes,
             ignored: 0,
@@ -322,6 +360,9 @@ impl Dataset for FileList {
         self.files[i].display().to_string()
     }
     fn load(&self, i: usize) -> Result<RgbImage> {
+        if let Some(why) = self.broken.get(&i) {
+            bail!("{why}");
+        }
         let mut bytes = Vec::new();
         fs::File::open(&self.files[i])
             .and_then(|mut f| f.read_to_end(&mut bytes))

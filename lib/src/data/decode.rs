@@ -31,6 +31,8 @@ pub const MAX_PIXELS: u64 = 178_956_970;
 /// Why a file could not be decoded (the message names no file; the caller adds it).
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
+    #[error("the file is empty (0 bytes)")]
+    EmptyFile,
     #[error("not an image (no JPEG, PNG or WebP signature)")]
     UnknownFormat,
     #[error("{width}x{height} pixels is more than the limit of {limit} (a decompression bomb?)")]
@@ -54,15 +56,22 @@ pub fn recycle(img: RgbImage) {
     }
 }
 
+/// A decoder's error, on one line (some end theirs with a newline).
+fn corrupt(e: impl std::fmt::Display) -> DecodeError {
+    DecodeError::Corrupt(e.to_string().trim().replace('\n', " "))
+}
+
 /// Decodes `bytes` into upright 8-bit RGB, refusing images of more than `max_pixels` pixels.
 pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeError> {
-    let reader =
-        ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+    if bytes.is_empty() {
+        return Err(DecodeError::EmptyFile);
+    }
+    let reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(corrupt)?;
     match reader.format() {
         Some(image::ImageFormat::Jpeg | image::ImageFormat::Png | image::ImageFormat::WebP) => {}
         _ => return Err(DecodeError::UnknownFormat),
     }
-    let mut decoder = reader.into_decoder().map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+    let mut decoder = reader.into_decoder().map_err(corrupt)?;
     let (width, height) = decoder.dimensions();
     if width as u64 * height as u64 > max_pixels {
         return Err(DecodeError::TooLarge { width, height, limit: max_pixels });
@@ -76,10 +85,10 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeError
         let mut buf = SPARE.with(|s| s.take());
         buf.clear();
         buf.resize(decoder.total_bytes() as usize, 0);
-        decoder.read_image(&mut buf).map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+        decoder.read_image(&mut buf).map_err(corrupt)?;
         return Ok(RgbImage::from_raw(width, height, buf).expect("the decoder filled width x height x 3 bytes"));
     }
-    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+    let mut img = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
     img.apply_orientation(orientation);
     Ok(match img {
         DynamicImage::ImageRgb8(rgb) => rgb,

@@ -89,6 +89,27 @@ fn data_protocol(m: &mut Map<String, Value>, splits: &Splits, train: &DataSpec, 
     }
 }
 
+/// Opens a listed checkpoint, or `None` (with a `warn` event) when its run deleted it meanwhile: a cron job
+/// evaluating a live run's folder races the run's pruning of old checkpoints, and that is no error.
+fn open_listed(
+    ck: &CkptRef,
+    device: tch::Device,
+    tool: &str,
+    sink: &mut dyn EventSink,
+) -> Result<Option<crate::embed::InferenceModel>> {
+    match crate::embed::open_model(&ck.path, device, tool, sink) {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if !ck.path.exists() => {
+            sink.emit(&Event::new(tool, "warn").str(
+                "message",
+                format!("{} was deleted (pruned by its run) after it was listed; skipped: {e:#}", ck.path.display()),
+            ))?;
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Bookkeeping shared by both probes: skip, emit, append.
 struct Ledger {
     tool: &'static str,
@@ -257,7 +278,7 @@ pub fn knn(
                     continue;
                 }
                 let t0 = Instant::now();
-                let model = crate::embed::open_model(&ck.path, cfg.device, TOOL, sink)?;
+                let Some(model) = open_listed(&ck, cfg.device, TOOL, sink)? else { continue };
                 let recipe = onthefly::eval_recipe(&model, embed)?;
                 let tr = onthefly::embed_split(&model, splits.train.clone(), &recipe, embed, cfg.device, TOOL, sink)?;
                 let va = onthefly::embed_split(&model, splits.val.clone(), &recipe, embed, cfg.device, TOOL, sink)?;
@@ -334,7 +355,7 @@ pub fn linear(
                     continue;
                 }
                 let t0 = Instant::now();
-                let model = crate::embed::open_model(&ck.path, cfg.device, TOOL, sink)?;
+                let Some(model) = open_listed(&ck, cfg.device, TOOL, sink)? else { continue };
                 let recipe = onthefly::eval_recipe(&model, embed)?;
                 let train_recipe = onthefly::train_recipe(&recipe)?;
                 let va = onthefly::embed_split(&model, splits.val.clone(), &recipe, embed, cfg.device, TOOL, sink)?;
@@ -345,6 +366,7 @@ pub fn linear(
                     cfg.protocol.batch_size,
                     threads,
                     cfg.seed,
+                    embed.strict,
                     cfg.device,
                 )?;
                 let split = linear::TrainSplit {
@@ -408,6 +430,11 @@ pub struct CkptArgs {
     /// already holds a result for with the same protocol: run it from cron.
     #[arg(long, value_name = "FILE.jsonl")]
     pub results: Option<PathBuf>,
+
+    /// With --ckpt: stop at the first unreadable image (default: a blank image, or in linear-probe's training
+    /// epochs another item, takes its place, and a `warn` event names it).
+    #[arg(long, requires = "ckpt")]
+    pub strict: bool,
 }
 
 impl CkptArgs {
@@ -427,13 +454,14 @@ impl CkptArgs {
         let (td, vd) = (self.train_data.clone().unwrap_or_default(), self.val_data.clone().unwrap_or_default());
         let mode = Mode::Ckpts {
             ckpts: self.ckpt.clone(),
-            train: DataSpec { path: td.clone(), root: None, strict: false },
-            val: DataSpec { path: vd.clone(), root: None, strict: false },
+            train: DataSpec { path: td.clone(), root: None, strict: self.strict },
+            val: DataSpec { path: vd.clone(), root: None, strict: self.strict },
             embed: EmbedSettings {
                 resize: self.resize,
                 crop: self.crop,
                 batch_size: self.embed_batch_size,
                 threads: self.threads,
+                strict: self.strict,
             },
         };
         (FeatureSource::Data { data: td }, FeatureSource::Data { data: vd }, mode)

@@ -297,6 +297,10 @@ pub trait TrainBatches {
     fn steps_per_epoch(&self) -> usize;
     /// Calls `f(x, y)` for each batch of `epoch` (counted from 0), in order.
     fn for_each(&mut self, epoch: usize, f: &mut dyn FnMut(&Tensor, &Tensor) -> Result<()>) -> Result<()>;
+    /// Messages about the data met since the last call (unreadable images), for `warn` events.
+    fn take_warnings(&mut self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Cached features held as one tensor; each epoch is a permutation keyed by (seed, epoch), each batch an
@@ -477,6 +481,9 @@ pub fn train_with(
             progress(step, total_steps);
             Ok(())
         })?;
+        for message in batches.take_warnings() {
+            sink.emit(&Event::new(TOOL, "warn").str("message", message))?;
+        }
         let loss = loss_sum.double_value(&[]) / seen_items.max(1) as f64;
         if !loss.is_finite() {
             return Err(anyhow::Error::from(LewelError::Diverged { step, loss }).context(format!(

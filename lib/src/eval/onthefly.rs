@@ -33,6 +33,8 @@ pub struct EmbedSettings {
     pub batch_size: usize,
     /// Data worker threads (0: one per core).
     pub threads: usize,
+    /// `--strict`: an unreadable image stops the probe (else a blank image takes its place, with a `warn` event).
+    pub strict: bool,
 }
 
 impl EmbedSettings {
@@ -126,7 +128,7 @@ pub fn embed_split(
     let loader = EvalLoader::new(
         data.clone(),
         recipe.clone(),
-        EvalConfig { batch_size: s.batch_size, threads: s.threads, prefetch: 2, strict: false },
+        EvalConfig { batch_size: s.batch_size, threads: s.threads, prefetch: 2, strict: s.strict },
     )?;
     let (feats, dim, _) = extract(&model.model, &loader, n, device, &mut |_, _| {}, &mut |i, why| {
         sink.emit(
@@ -148,12 +150,18 @@ pub fn embed_split(
 /// augmentation work); a one-view labelled loader can replace it without changing the probe.
 pub struct AugmentedBatches<'a> {
     loader: TwoViewLoader,
+    data: Arc<dyn Dataset>,
     model: &'a Lewel,
     device: Device,
+    /// Unreadable items met so far (reported once each), and those not yet handed to [`TrainBatches::take_warnings`].
+    reported: std::collections::HashSet<usize>,
+    warnings: Vec<String>,
 }
 
 impl<'a> AugmentedBatches<'a> {
-    /// Shuffled epochs of `batch_size` items (the last one partial), keyed by `seed`.
+    /// Shuffled epochs of `batch_size` items (the last one partial), keyed by `seed`. An unreadable item is
+    /// replaced by another of the epoch and reported (once), or, with `strict`, an error naming it.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         model: &'a Lewel,
         data: Arc<dyn Dataset>,
@@ -161,6 +169,7 @@ impl<'a> AugmentedBatches<'a> {
         batch_size: usize,
         threads: usize,
         seed: u64,
+        strict: bool,
         device: Device,
     ) -> Result<Self> {
         if data.prepared().is_some() {
@@ -173,9 +182,16 @@ impl<'a> AugmentedBatches<'a> {
             prefetch: 2,
             shuffle: true,
             drop_last: false,
-            strict: false,
+            strict,
         };
-        Ok(AugmentedBatches { loader: TwoViewLoader::new(data, recipe, cfg)?, model, device })
+        Ok(AugmentedBatches {
+            loader: TwoViewLoader::new(data.clone(), recipe, cfg)?,
+            data,
+            model,
+            device,
+            reported: Default::default(),
+            warnings: Vec::new(),
+        })
     }
 }
 
@@ -187,11 +203,21 @@ impl TrainBatches for AugmentedBatches<'_> {
     fn for_each(&mut self, epoch: usize, f: &mut dyn FnMut(&Tensor, &Tensor) -> Result<()>) -> Result<()> {
         for batch in self.loader.epoch(epoch as u64, 0) {
             let b = batch?;
+            for (i, why) in &b.skipped {
+                if self.reported.insert(*i) {
+                    self.warnings
+                        .push(format!("skipped {} (another training item takes its place): {why}", self.data.name(*i)));
+                }
+            }
             let labels = b.labels.context("the training data has no labels")?;
             let x = self.model.features(&b.v1.to_device(self.device))?; // [b, C], no grad, eval-mode BN
             let y = Tensor::from_slice(&labels).to_device(self.device);
             f(&x, &y)?;
         }
         Ok(())
+    }
+
+    fn take_warnings(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.warnings)
     }
 }

@@ -116,6 +116,7 @@ fn config(args: Args) -> anyhow::Result<AugmentConfig> {
 }
 
 fn main() -> ExitCode {
+    lewel::signals::ignore_file_size_signal();
     let args = Args::parse();
     let mut sink = KeepGoing::new(EventWriter::stdout("augment", OnClosed::Fail));
     let result = config(args).and_then(|cfg| run(&cfg, &mut sink).map(|_| ()));

@@ -221,3 +221,22 @@ fn a_closed_stdout_does_not_stop_the_run() {
     assert_eq!(npy_shape(&out), vec![500, 2, 3, 32, 32]);
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// Every kind of bad file (RELIABILITY.md: truncated, empty, text, decompression bombs, unreadable, symlink
+/// loops) is skipped and named in a `warn` event; with --strict the run fails naming one, writing nothing.
+#[test]
+fn every_kind_of_bad_file_is_skipped_and_reported_or_fatal_with_strict() {
+    let d = scratch("bad-kinds");
+    let bad = lewel::testing::bad_data(&d.join("data"));
+    let out = d.join("v.npy");
+    let args = [bad.dir.to_str().unwrap(), "--recipe", "mocov2-small", "--out", out.to_str().unwrap()];
+    let (o, expected) = bad.run(std::process::Command::new(BIN).args(args));
+    bad.assert_skipped_and_reported("augment", &o, &expected);
+    assert_eq!(npy_shape(&out), vec![bad.len() as u64, 2, 3, 32, 32]);
+    let strict = d.join("s.npy");
+    let (o, _) =
+        bad.run(std::process::Command::new(BIN).args(&args[..3]).args(["--strict", "--out", strict.to_str().unwrap()]));
+    bad.assert_strict_fails("augment", &o, false);
+    assert!(!strict.exists(), "a failed run left its output");
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -110,6 +110,7 @@ fn run(args: Args) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    lewel::signals::ignore_file_size_signal();
     lewel::exit::finish("embed", run(Args::parse()))
 }
 

@@ -103,3 +103,41 @@ fn bad_inputs_fail_clearly() {
     assert!(!out.exists(), "a failed run left an output file");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// Every kind of bad file (RELIABILITY.md) gets a blank image's row and a `warn` event naming it; --strict fails
+/// naming the first; a truncated or bit-flipped checkpoint is refused naming it (sidecar sha256).
+#[test]
+fn bad_files_are_reported_strict_fails_and_corrupt_checkpoints_are_refused() {
+    let d = scratch("bad-kinds");
+    let ck = checkpoint(&d);
+    let bad = lewel::testing::bad_data(&d.join("data"));
+    let out = d.join("f.npy");
+    let args =
+        ["--ckpt", ck.to_str().unwrap(), "--data", bad.dir.to_str().unwrap(), "--out", out.to_str().unwrap(), "-q"];
+    let (o, expected) = bad.run(std::process::Command::new(BIN).args(args));
+    bad.assert_skipped_and_reported("embed", &o, &expected);
+    assert_eq!(read_f32(&out).0, vec![bad.len() as u64, 32]);
+    let (o, _) = bad.run(std::process::Command::new(BIN).args(args).arg("--strict"));
+    bad.assert_strict_fails("embed", &o, true);
+
+    let good = format!("{FIX}/photos-96");
+    for damage in ["truncate", "flip"] {
+        let mut bytes = std::fs::read(&ck).unwrap();
+        let copy = d.join(format!("{damage}/ckpt"));
+        std::fs::create_dir_all(&copy).unwrap();
+        let n = bytes.len();
+        if damage == "truncate" {
+            bytes.truncate(n - 10);
+        } else {
+            bytes[n / 2] ^= 0x10;
+        }
+        let bad_ck = copy.join(ck.file_name().unwrap());
+        std::fs::write(&bad_ck, bytes).unwrap();
+        std::fs::copy(lewel::ckpt::sidecar_path(&ck), lewel::ckpt::sidecar_path(&bad_ck)).unwrap();
+        let o = run_tool(BIN, &["--ckpt", bad_ck.to_str().unwrap(), "--data", &good, "--out", out.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(err.contains(&format!("{} is corrupt", bad_ck.display())) && err.contains("sha256"), "{err}");
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -149,6 +149,7 @@ impl Args {
 }
 
 fn main() -> ExitCode {
+    lewel::signals::ignore_file_size_signal();
     let cfg = Args::parse().config();
     let mut sink = EventWriter::stdout(TOOL, OnClosed::Fail);
     lewel::exit::finish(TOOL, export::run(&cfg, &mut sink).map(|_| ()))

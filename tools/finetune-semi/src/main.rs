@@ -209,6 +209,7 @@ fn run(args: Args) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    lewel::signals::ignore_file_size_signal();
     lewel::alloc::tune_for_training();
     lewel::exit::finish("finetune-semi", run(Args::parse()))
 }

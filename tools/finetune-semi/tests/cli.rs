@@ -273,3 +273,34 @@ fn bad_inputs_fail_clearly() {
     assert_eq!(out.status.code(), Some(2));
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// Every kind of bad file (RELIABILITY.md) in the training and the validation data is skipped and named in a
+/// `warn` event; --strict fails naming one.
+#[test]
+fn every_kind_of_bad_file_is_skipped_and_reported_or_fatal_with_strict() {
+    let d = scratch("bad-kinds");
+    let ck = checkpoint(&d);
+    let bad = lewel::testing::bad_data(&d.join("train"));
+    let val = lewel::testing::bad_data(&d.join("val"));
+    std::fs::copy(val.dir.join("a/good-0.png"), val.dir.join("a/good-9.png")).unwrap(); // a split of its own
+    let run = |out: &str, strict: bool| {
+        let mut c = std::process::Command::new(BIN);
+        c.args(["--ckpt", ck.to_str().unwrap(), "--train-data", bad.dir.to_str().unwrap()])
+            .args(["--val-data", val.dir.to_str().unwrap(), "--fraction", "1", "--preset", "semi-small"])
+            .args(["--epochs", "2", "--batch-size", "4", "--device", "cpu", "-q"])
+            .args(["--out", d.join(out).to_str().unwrap()]);
+        if strict {
+            c.arg("--strict");
+        }
+        bad.run(&mut c)
+    };
+    let (o, expected) = run("run", false);
+    bad.assert_skipped_and_reported("finetune-semi", &o, &expected);
+    // the same kinds of bad file in the validation data (the unreadable one only where it is unreadable)
+    let same_kind = |p: &PathBuf| expected.iter().any(|e| e.file_name() == p.file_name());
+    let val_expected: Vec<PathBuf> = val.bad.iter().map(|b| b.0.clone()).filter(same_kind).collect();
+    val.assert_skipped_and_reported("finetune-semi", &o, &val_expected);
+    let (o, _) = run("strict", true);
+    bad.assert_strict_fails("finetune-semi", &o, false);
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -95,6 +95,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    lewel::signals::ignore_file_size_signal();
     let args = Args::parse();
     lewel::exit::finish(TOOL, run(args))
 }

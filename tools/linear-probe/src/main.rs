@@ -175,6 +175,7 @@ impl Args {
 }
 
 fn main() -> ExitCode {
+    lewel::signals::ignore_file_size_signal();
     let args = Args::parse();
     lewel::exit::finish(TOOL, run(args))
 }

@@ -87,3 +87,136 @@ fn on_the_fly_probe_on_fashion_mnist_reaches_a_sane_accuracy_and_skips_when_done
     assert_eq!(o.status.code(), Some(2));
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// Every kind of bad file (RELIABILITY.md) in the training and the validation data is named in a `warn` event
+/// and the probe finishes; --strict fails naming one.
+#[test]
+fn every_kind_of_bad_file_is_reported_or_fatal_with_strict() {
+    let d = scratch("bad-kinds");
+    let ck = lewel::testing::tiny_checkpoint(&d.join("ckpt"), true);
+    let bad = lewel::testing::bad_data(&d.join("train"));
+    let val = lewel::testing::bad_data(&d.join("val"));
+    std::fs::copy(val.dir.join("a/good-0.png"), val.dir.join("a/good-9.png")).unwrap(); // a split of its own
+    let run = |strict: bool| {
+        let mut c = std::process::Command::new(BIN);
+        c.args(["--ckpt", s(&ck), "--train-data", s(&bad.dir), "--val-data", s(&val.dir), "--threads", "1", "-q"]);
+        if BIN.ends_with("linear-probe") {
+            c.args(["--epochs", "2", "--milestones", "1", "--batch-size", "4"]);
+        }
+        if strict {
+            c.arg("--strict");
+        }
+        bad.run(&mut c)
+    };
+    let (o, expected) = run(false);
+    bad.assert_skipped_and_reported("linear-probe", &o, &expected);
+    let same_kind = |p: &std::path::PathBuf| expected.iter().any(|e| e.file_name() == p.file_name());
+    let val_expected: Vec<std::path::PathBuf> = val.bad.iter().map(|b| b.0.clone()).filter(same_kind).collect();
+    val.assert_skipped_and_reported("linear-probe", &o, &val_expected);
+    assert_eq!(of_kind(&json_lines(&o.stdout), "result").len(), 1);
+    let (o, _) = run(true);
+    let line = if BIN.ends_with("linear-probe") {
+        val.assert_strict_fails("linear-probe", &o, true)
+    } else {
+        bad.assert_strict_fails("linear-probe", &o, true)
+    };
+    eprintln!("{line}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// Cron-style use (RELIABILITY.md): two `linear-probe --ckpt RUN --results FILE` loops race each other over a
+/// run folder while `pretrain` writes a checkpoint every step (each write slowed down by `LEWEL_FAULT=slow-write`)
+/// and prunes all but the newest two. Every probe
+/// exits 0, every result is of a complete checkpoint (its sha256 is that of the same step of an uninterrupted
+/// run), and no (checkpoint, protocol) has two result lines.
+///
+/// Needs the `pretrain` binary next to this one (`cargo build --workspace`, as `make test` does first).
+#[test]
+fn cron_probes_racing_a_live_run_read_no_partial_file_and_write_no_duplicate() {
+    use std::collections::{HashMap, HashSet};
+    use std::process::{Command, Stdio};
+    let pretrain = Path::new(BIN).with_file_name("pretrain");
+    assert!(pretrain.is_file(), "{} is missing: build the workspace first (make test does)", pretrain.display());
+    let d = scratch("cron");
+    let views = d.join("views.npy");
+    lewel::testing::write_npy_f32(&views, &[8, 2, 3, 32, 32], &lewel::testing::test_values(8 * 2 * 3 * 32 * 32, 4));
+    let train_args = |out: &Path, keep: &str| {
+        let mut c = Command::new(&pretrain);
+        c.args(["--views", s(&views), "--preset", "small-lewelb", "--width", "4", "--proj-dim", "16"])
+            .args(["--hidden-dim", "32", "--batch-size", "4", "--epochs", "15", "--warmup-epochs", "1"])
+            .args(["--ckpt-every-steps", "1", "--keep-last", keep, "--device", "cpu", "--quiet", "--out", s(out)])
+            .env("OMP_NUM_THREADS", "1")
+            .stdout(Stdio::null());
+        c
+    };
+    // The uninterrupted run, all checkpoints kept: the sha256 of each step.
+    let o = train_args(&d.join("reference"), "1000").output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let shas: HashMap<u64, String> = lewel::ckpt::list(&d.join("reference/ckpt"))
+        .unwrap()
+        .into_iter()
+        .map(|(step, p)| (step, lewel::ckpt::read_sidecar(&p).unwrap().1))
+        .collect();
+    assert_eq!(shas.len(), 30);
+
+    let run = d.join("live");
+    let results = d.join("results.jsonl");
+    let (train, val) = tiny_ckpt::fmnist();
+    let probe = |n: usize| {
+        let (run, results, train, val) = (run.clone(), results.clone(), train.clone(), val.clone());
+        move || {
+            let o = Command::new(BIN)
+                .args(["--ckpt", s(&run), "--train-data", &train, "--val-data", &val, "--results", s(&results)])
+                .args(["--epochs", "1", "--schedule", "cosine", "--batch-size", "64", "--threads", "1", "-q"])
+                .args(["--embed-batch-size", "100", "--device", "cpu"])
+                .env("OMP_NUM_THREADS", "1")
+                .output()
+                .unwrap();
+            assert_eq!(o.status.code(), Some(0), "probe {n}: {}", String::from_utf8_lossy(&o.stderr));
+            json_lines(&o.stdout)
+        }
+    };
+    // each write slowed down: a checkpoint sits for a while without its sidecar, as on a slow disk
+    let mut live = train_args(&run, "2").env(lewel::fault::VAR, "slow-write=20").spawn().unwrap();
+    while !run.join("ckpt").is_dir() {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let mut runs = 0;
+    let mut events = Vec::new();
+    loop {
+        let done = live.try_wait().unwrap().is_some();
+        // two cron jobs at once, racing for the same checkpoints
+        let (a, b) = (std::thread::spawn(probe(runs)), std::thread::spawn(probe(runs + 1)));
+        events.extend(a.join().unwrap());
+        events.extend(b.join().unwrap());
+        runs += 2;
+        if done {
+            break;
+        }
+    }
+    assert_eq!(live.wait().unwrap().code(), Some(0));
+
+    let lines: Vec<Value> = std::fs::read_to_string(&results)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("a torn result line ({e}): {l}")))
+        .collect();
+    let mut keys = HashSet::new();
+    for r in &lines {
+        let (sha, step) = (r["ckpt_sha256"].as_str().unwrap(), r["ckpt_step"].as_u64().unwrap());
+        assert_eq!(Some(sha), shas.get(&step).map(String::as_str), "step {step}: a result of a partial checkpoint");
+        assert!(keys.insert((sha.to_string(), r["protocol_hash"].to_string())), "a duplicate result line: {r}");
+    }
+    assert!(!lines.is_empty());
+    let warns: Vec<&str> = of_kind(&events, "warn").iter().map(|w| w["message"].as_str().unwrap()).collect();
+    let pruned = warns.iter().filter(|w| w.contains("pruned by its run")).count();
+    let skips = of_kind(&events, "skip").len();
+    eprintln!(
+        "RELIABILITY cron: {runs} probe runs (two at a time) raced a live run writing 30 checkpoints (2 kept): {} results, \
+         no duplicate, all of complete checkpoints; {skips} skips (already in --results), {pruned} checkpoints pruned \
+         between listing and reading, {} checkpoints skipped while being written",
+        lines.len(),
+        warns.len() - pruned
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}

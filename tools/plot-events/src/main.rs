@@ -120,6 +120,7 @@ impl EventSink for Sink {
 }
 
 fn main() -> ExitCode {
+    lewel::signals::ignore_file_size_signal();
     let cfg = Args::parse().config();
     let mut sink = Sink(EventWriter::stdout(TOOL, OnClosed::Fail));
     lewel::exit::finish(TOOL, curves::run(&cfg, &mut sink))

@@ -410,6 +410,7 @@ fn train_with(args: &Args, cfg: PretrainConfig, run_dir: RunDir, opts: RunOption
 }
 
 fn main() -> ExitCode {
+    lewel::signals::ignore_file_size_signal();
     lewel::alloc::tune_for_training();
     lewel::exit::finish("pretrain", run(Args::parse()))
 }

@@ -138,6 +138,7 @@ impl EventSink for Sink {
 }
 
 fn main() -> ExitCode {
+    lewel::signals::ignore_file_size_signal();
     let result = Args::parse().config().and_then(|cfg| {
         let mut sink = Sink(EventWriter::stdout(TOOL, OnClosed::Continue));
         viz::run(&cfg, &mut sink).map(|_| ())

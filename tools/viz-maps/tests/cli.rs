@@ -323,3 +323,30 @@ fn official_checkpoints_open_through_the_importer() {
     assert_eq!(std::fs::read_dir(&out).unwrap().count(), 2);
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// Every kind of bad file (RELIABILITY.md) is left out of the pictures and named in a `warn` event; --strict
+/// fails naming the first.
+#[test]
+fn every_kind_of_bad_file_is_left_out_and_reported_or_fatal_with_strict() {
+    let d = scratch("bad-kinds");
+    let ck = checkpoint(&d, Method::LewelB);
+    let bad = lewel::testing::bad_data(&d.join("data"));
+    let out = d.join("maps");
+    let args = [
+        "--ckpt",
+        ck.to_str().unwrap(),
+        "--data",
+        bad.dir.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--grid",
+        "-q",
+    ];
+    let (o, expected) = bad.run(std::process::Command::new(BIN).args(args));
+    bad.assert_skipped_and_reported("viz-maps", &o, &expected);
+    let end = json_lines(&o.stdout).into_iter().find(|e| e["event"] == "end").unwrap();
+    assert_eq!(end["images"].as_u64(), Some(bad.good as u64), "{end}");
+    let (o, _) = bad.run(std::process::Command::new(BIN).args(args).arg("--strict"));
+    bad.assert_strict_fails("viz-maps", &o, true);
+    let _ = std::fs::remove_dir_all(&d);
+}
