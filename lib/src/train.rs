@@ -251,8 +251,8 @@ impl ViewsFile {
 
     fn open(path: &std::path::Path) -> Result<Self> {
         let bytes = std::fs::read(path).with_context(|| format!("could not read --views {}", path.display()))?;
-        let npy =
-            npyz::NpyFile::new(&bytes[..]).with_context(|| format!("--views {} is not a .npy file", path.display()))?;
+        let npy = crate::data::npy::open_checked(&bytes[..], bytes.len() as u64)
+            .with_context(|| format!("--views {} is not a .npy file", path.display()))?;
         let shape: Vec<i64> = npy.shape().iter().map(|&d| d as i64).collect();
         let dtype = npy.dtype();
         let want = "float32 [N,2,3,H,W] (normalised view pairs, as `augment --out` writes)";

@@ -1,11 +1,38 @@
 //! Writing `.npy` files (format version 1.0, little-endian float32, C order), streamed row by row
-//! into a temporary file that is renamed over the real name only when complete (see [`crate::fsio`]).
+//! into a temporary file that is renamed over the real name only when complete (see [`crate::fsio`]);
+//! and reading `.npy` headers without trusting their sizes ([`read_header_checked`]).
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+
+/// Reads the header of a `.npy` file from `reader` with npyz (the reader is left at the data), refusing a header
+/// whose shape overflows (npyz panics on that product in debug builds and wraps it in release ones) or announces
+/// more data than the `available` bytes of the file, so that no reader allocates or indexes the announced size of
+/// a damaged or hostile file. Errors name no file: the caller adds it.
+pub fn read_header_checked(reader: impl std::io::Read, available: u64) -> anyhow::Result<npyz::NpyHeader> {
+    let header = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| npyz::NpyHeader::from_reader(reader))) {
+        Ok(h) => h?,
+        Err(_) => anyhow::bail!("the header's shape is too large (its element count overflows; a damaged file?)"),
+    };
+    let item = header.dtype().num_bytes().map_or(u64::MAX, |b| b as u64);
+    match header.shape().iter().try_fold(item, |a, &d| a.checked_mul(d)) {
+        Some(bytes) if bytes <= available => Ok(header),
+        _ => anyhow::bail!(
+            "the header announces shape {:?} of {}, more data than the file's {available} bytes (a truncated or damaged file)",
+            header.shape(),
+            header.dtype().descr()
+        ),
+    }
+}
+
+/// [`read_header_checked`], then the file (`available`: its size in bytes).
+pub fn open_checked<R: std::io::Read>(mut reader: R, available: u64) -> anyhow::Result<npyz::NpyFile<R>> {
+    let header = read_header_checked(&mut reader, available)?;
+    Ok(npyz::NpyFile::with_header(header, reader))
+}
 
 /// The `.npy` header for a little-endian float32 C-order array of `shape`, padded so the data starts
 /// at a multiple of 64 bytes.
