@@ -12,8 +12,34 @@ use anyhow::{Context, Result};
 /// whose shape overflows (npyz panics on that product in debug builds and wraps it in release ones) or announces
 /// more data than the `available` bytes of the file, so that no reader allocates or indexes the announced size of
 /// a damaged or hostile file. Errors name no file: the caller adds it.
-pub fn read_header_checked(reader: impl std::io::Read, available: u64) -> anyhow::Result<npyz::NpyHeader> {
-    let header = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| npyz::NpyHeader::from_reader(reader))) {
+pub fn read_header_checked(mut reader: impl std::io::Read, available: u64) -> anyhow::Result<npyz::NpyHeader> {
+    use std::io::Read;
+    // Read the header's bytes first, to look at its shape before npyz multiplies it out.
+    let mut prefix = vec![0u8; 10];
+    let got = read_up_to(&mut reader, &mut prefix)?;
+    prefix.truncate(got);
+    if got == 10 && prefix.starts_with(b"\x93NUMPY") {
+        let len = match prefix[6] {
+            1 => u16::from_le_bytes([prefix[8], prefix[9]]) as usize,
+            _ => {
+                let mut more = [0u8; 2];
+                let n = read_up_to(&mut reader, &mut more)?;
+                prefix.extend(&more[..n]);
+                u32::from_le_bytes([prefix[8], prefix[9], more[0], more[1]]) as usize
+            }
+        };
+        let mut text = vec![0u8; len.min(1 << 20)];
+        let n = read_up_to(&mut reader, &mut text)?;
+        text.truncate(n);
+        if shape_overflows(&String::from_utf8_lossy(&text)) {
+            anyhow::bail!("the header's shape is too large (its element count overflows; a damaged file?)");
+        }
+        prefix.extend(text);
+    }
+    let chained = std::io::Cursor::new(prefix).chain(reader);
+    // npyz panics on an overflowing shape in debug builds: a shape the check above missed is still an error
+    let header = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| npyz::NpyHeader::from_reader(chained)))
+    {
         Ok(h) => h?,
         Err(_) => anyhow::bail!("the header's shape is too large (its element count overflows; a damaged file?)"),
     };
@@ -26,6 +52,39 @@ pub fn read_header_checked(reader: impl std::io::Read, available: u64) -> anyhow
             header.dtype().descr()
         ),
     }
+}
+
+/// Fills as much of `buf` as `reader` holds; returns how much.
+fn read_up_to(reader: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match reader.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Whether the `'shape': (...)` of a `.npy` header's text multiplies past 64 bits.
+fn shape_overflows(text: &str) -> bool {
+    let Some(at) = text.find("shape") else { return false };
+    let rest = &text[at..];
+    let (Some(open), Some(close)) = (rest.find('('), rest.find(')')) else { return false };
+    if close < open {
+        return false;
+    }
+    let dims = rest[open + 1..close].split(',').map(|d| d.trim().trim_end_matches('L')).filter(|d| !d.is_empty());
+    let mut product: u64 = 1;
+    for d in dims {
+        match d.parse::<u64>().ok().and_then(|d| product.checked_mul(d)) {
+            Some(p) => product = p,
+            None => return d.parse::<u64>().is_ok(), // an overflow; a non-number is npyz's to refuse
+        }
+    }
+    false
 }
 
 /// [`read_header_checked`], then the file (`available`: its size in bytes).

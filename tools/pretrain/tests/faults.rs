@@ -535,3 +535,55 @@ fn every_kind_of_bad_file_is_skipped_and_reported_or_fatal_with_strict() {
     );
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// SIGTERM (as a batch scheduler sends) finishes the step, writes a checkpoint and exits 130; a resume finishes
+/// the run exactly. A second SIGINT during that final checkpoint write (slowed down by `LEWEL_FAULT=slow-write`)
+/// exits 130 at once: nothing under a real name is partial, and a resume still finishes the run exactly.
+#[test]
+fn sigterm_and_a_second_sigint_lose_nothing() {
+    let _ = reference();
+    let d = scratch("faults-signals");
+    for case in ["sigterm", "double-sigint"] {
+        let run = d.join(case);
+        let mut c = new_run(&run, &[]);
+        if case == "double-sigint" {
+            c.env(lewel::fault::VAR, "slow-write=150");
+        }
+        let mut r = Running::start(c);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while r.count("checkpoint") < 1 && !r.exited() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let pid = r.child.id() as i32;
+        if case == "sigterm" {
+            unsafe { libc_kill(pid, 15) };
+        } else {
+            unsafe { libc_kill(pid, 2) };
+            // the final checkpoint is being written: interrupt again
+            while temp_files(&run.join("ckpt")).is_empty() && !r.exited() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            unsafe { libc_kill(pid, 2) };
+        }
+        let status = r.child.wait().unwrap();
+        r.reader.join().unwrap();
+        assert_eq!(status.code(), Some(130), "{case}: {status:?}");
+        let events: Vec<Value> = r.lines.lock().unwrap().iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        if case == "sigterm" {
+            assert_eq!(events.last().unwrap()["status"], "interrupted", "{case}");
+        } else {
+            assert!(!temp_files(&run.join("ckpt")).is_empty(), "the second SIGINT did not land in the final write");
+        }
+        assert_nothing_partial(&run);
+        let rest = ok(&output(resume(&run)));
+        let mut logged = steps(&events);
+        logged.extend(steps(&rest));
+        assert_same_as_reference(&run, &logged);
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
