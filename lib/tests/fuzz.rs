@@ -218,7 +218,6 @@ fn encode(img: image::DynamicImage, format: image::ImageFormat) -> Vec<u8> {
 #[test]
 fn fuzz_image_decoding_and_augmentation() {
     use lewel::data::decode::decode_rgb;
-    use lewel::data::ops::Draw;
     use lewel::data::view::{apply_eval, apply_view, sample_view};
     let mut seeds: Vec<Vec<u8>> =
         std::fs::read_dir(fixtures().join("augment/decode")).unwrap().map(|e| read(e.unwrap().path())).collect();
@@ -257,7 +256,6 @@ fn fuzz_image_decoding_and_augmentation() {
             apply_view(&img, &p, recipe, &mut out);
             assert!(out.iter().all(|x| x.is_finite()), "a view with a non-finite value");
         }
-        let _ = rng.uniform();
         let mut eval = vec![0f32; 3 * (recipe.eval_crop * recipe.eval_crop) as usize];
         apply_eval(&img, recipe, &mut eval);
         assert!(eval.iter().all(|x| x.is_finite()));
@@ -435,7 +433,7 @@ fn fuzz_our_checkpoints() {
         let i = rng.below(t.len());
         match variant % 7 {
             0 => {
-                t.remove(i);
+                drop(t.remove(i));
             }
             1 => t[i].0.push_str(".renamed"),
             2 => t[i].1 = t[i].1.flatten(0, -1),
