@@ -848,7 +848,8 @@ impl TrainTask for PretrainTask<'_> {
 }
 
 /// Prepares a `--resume`: deletes the temp files a killed process left in `ckpt/` (each reported as a `warn`
-/// event), and, when the run stopped before its first checkpoint (killed during its first steps), starts it over
+/// event), and, when the run stopped before its first complete checkpoint (killed during its first steps or its
+/// first checkpoint write: a checkpoint file without its sidecar is an interrupted write), starts it over
 /// (`resume: false`, with a `warn` event): nothing was lost, and the restarted run is the one an uninterrupted run
 /// would have been. Other options are returned as they are.
 pub fn prepare_resume(opts: &RunOptions, run_dir: &RunDir, tool: &str, sink: &mut dyn EventSink) -> Result<RunOptions> {
@@ -867,7 +868,8 @@ pub fn prepare_resume(opts: &RunOptions, run_dir: &RunDir, tool: &str, sink: &mu
             )?;
         }
     }
-    if ckpt::list(&dir)?.is_empty() {
+    // a checkpoint file without its sidecar is one whose write was interrupted (the sidecar comes second)
+    if !ckpt::list(&dir)?.iter().any(|(_, p)| ckpt::sidecar_path(p).is_file()) {
         sink.emit(&Event::new(tool, "warn").str(
             "message",
             format!(
