@@ -3,7 +3,7 @@ SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 CARGO ?= cargo
 
-.PHONY: all setup build release test unit e2e demo bench fmt lint clean
+.PHONY: all setup build release test unit e2e demo bench fuzz fmt lint clean
 
 all: build
 
@@ -21,6 +21,14 @@ test: setup
 	$(CARGO) build --workspace --all-targets
 	$(CARGO) test --workspace --no-fail-fast
 	./scripts/e2e.sh
+
+## Bounded fuzzing of every reader of outside bytes (RELIABILITY.md): FUZZ_SECONDS per target (7 targets),
+## from FUZZ_SEED (default: the clock; printed, so a crash can be replayed). Crashing inputs land in target/fuzz-crashes/.
+FUZZ_SECONDS ?= 30
+fuzz: setup
+	mkdir -p target
+	LEWEL_FUZZ_SECONDS=$(FUZZ_SECONDS) LEWEL_FUZZ_VERBOSE=1 $(if $(FUZZ_SEED),LEWEL_FUZZ_SEED=$(FUZZ_SEED)) \
+		$(CARGO) test -p lewel --test fuzz -- --nocapture --test-threads 1 2>&1 | tee target/fuzz.log
 
 ## The real pipeline on Fashion-MNIST (bundled fixtures when the Debian package is missing).
 demo: release

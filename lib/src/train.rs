@@ -251,8 +251,8 @@ impl ViewsFile {
 
     fn open(path: &std::path::Path) -> Result<Self> {
         let bytes = std::fs::read(path).with_context(|| format!("could not read --views {}", path.display()))?;
-        let npy =
-            npyz::NpyFile::new(&bytes[..]).with_context(|| format!("--views {} is not a .npy file", path.display()))?;
+        let npy = crate::data::npy::open_checked(&bytes[..], bytes.len() as u64)
+            .with_context(|| format!("--views {} is not a .npy file", path.display()))?;
         let shape: Vec<i64> = npy.shape().iter().map(|&d| d as i64).collect();
         let dtype = npy.dtype();
         let want = "float32 [N,2,3,H,W] (normalised view pairs, as `augment --out` writes)";
@@ -856,7 +856,8 @@ impl TrainTask for PretrainTask<'_> {
 }
 
 /// Prepares a `--resume`: deletes the temp files a killed process left in `ckpt/` (each reported as a `warn`
-/// event), and, when the run stopped before its first checkpoint (killed during its first steps), starts it over
+/// event), and, when the run stopped before its first complete checkpoint (killed during its first steps or its
+/// first checkpoint write: a checkpoint file without its sidecar is an interrupted write), starts it over
 /// (`resume: false`, with a `warn` event): nothing was lost, and the restarted run is the one an uninterrupted run
 /// would have been. Other options are returned as they are.
 pub fn prepare_resume(opts: &RunOptions, run_dir: &RunDir, tool: &str, sink: &mut dyn EventSink) -> Result<RunOptions> {
@@ -875,7 +876,8 @@ pub fn prepare_resume(opts: &RunOptions, run_dir: &RunDir, tool: &str, sink: &mu
             )?;
         }
     }
-    if ckpt::list(&dir)?.is_empty() {
+    // a checkpoint file without its sidecar is one whose write was interrupted (the sidecar comes second)
+    if !ckpt::list(&dir)?.iter().any(|(_, p)| ckpt::sidecar_path(p).is_file()) {
         sink.emit(&Event::new(tool, "warn").str(
             "message",
             format!(

@@ -28,20 +28,6 @@ fn sample_digest(h: &mut Sha256, bytes: &[u8]) {
     }
 }
 
-/// Reads a whole file, gunzipping it when it starts with the gzip magic.
-fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
-    let raw = fs::read(path).with_context(|| format!("could not read {}", path.display()))?;
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .with_context(|| format!("{}: corrupt or truncated gzip data", path.display()))?;
-        Ok(out)
-    } else {
-        Ok(raw)
-    }
-}
-
 /// Whether `path` starts like an IDX file of unsigned bytes (magic 0x00000803), raw or gzipped.
 pub fn is_idx_file(path: &Path) -> bool {
     let mut head = [0u8; 4];
@@ -49,24 +35,40 @@ pub fn is_idx_file(path: &Path) -> bool {
     ok && (head == [0, 0, 8, 3] || head[..2] == [0x1f, 0x8b] && path.to_string_lossy().contains("idx"))
 }
 
-/// Parses an IDX file of unsigned bytes: (dims, data).
-fn parse_idx(bytes: &[u8], path: &Path) -> Result<(Vec<usize>, Vec<u8>)> {
-    if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 || bytes[2] != 8 {
+/// Reads an IDX file of unsigned bytes, raw or gzipped: (dims, data). Only the bytes its header announces are
+/// read (a gzip stream is inflated no further), and a header whose sizes overflow is an error, not a crash.
+fn read_idx(path: &Path) -> Result<(Vec<usize>, Vec<u8>)> {
+    let raw = fs::read(path).with_context(|| format!("could not read {}", path.display()))?;
+    let gz = raw.starts_with(&[0x1f, 0x8b]);
+    let mut reader: Box<dyn Read> =
+        if gz { Box::new(flate2::read::GzDecoder::new(&raw[..])) } else { Box::new(&raw[..]) };
+    let io_err = |e: std::io::Error| {
+        let what = if gz { "corrupt or truncated gzip data" } else { "truncated IDX file" };
+        anyhow::Error::new(e).context(format!("{}: {what}", path.display()))
+    };
+    let mut magic = [0u8; 4];
+    if let Err(e) = reader.read_exact(&mut magic) {
+        if e.kind() != std::io::ErrorKind::UnexpectedEof || gz {
+            return Err(io_err(e));
+        }
+    }
+    if magic[..3] != [0, 0, 8] {
         bail!("{}: not an IDX file of unsigned bytes (magic 0x0000 08 0n)", path.display());
     }
-    let nd = bytes[3] as usize;
-    let head = 4 + 4 * nd;
-    if bytes.len() < head {
-        bail!("{}: truncated IDX header", path.display());
+    let nd = magic[3] as usize;
+    let mut head = vec![0u8; 4 * nd];
+    reader.read_exact(&mut head).map_err(|e| io_err(e).context("truncated IDX header"))?;
+    let dims: Vec<usize> =
+        head.chunks_exact(4).map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")) as usize).collect();
+    let n = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).with_context(|| {
+        format!("{}: the IDX header's sizes {dims:?} are too large (a damaged file?)", path.display())
+    })?;
+    let mut data = Vec::new();
+    reader.take(n as u64).read_to_end(&mut data).map_err(io_err)?;
+    if data.len() < n {
+        bail!("{}: truncated IDX data ({} of {n} bytes)", path.display(), data.len());
     }
-    let dims: Vec<usize> = (0..nd)
-        .map(|k| u32::from_be_bytes(bytes[4 + 4 * k..8 + 4 * k].try_into().expect("4 bytes")) as usize)
-        .collect();
-    let n: usize = dims.iter().product();
-    if bytes.len() - head < n {
-        bail!("{}: truncated IDX data ({} of {n} bytes)", path.display(), bytes.len() - head);
-    }
-    Ok((dims, bytes[head..head + n].to_vec()))
+    Ok((dims, data))
 }
 
 /// The labels file that goes with an images file: `*-images-idx3-ubyte[.gz]` →
@@ -96,7 +98,7 @@ pub struct Idx {
 impl Idx {
     /// Opens an images file and, when present, its labels file.
     pub fn open(path: &Path) -> Result<Idx> {
-        let (dims, pixels) = parse_idx(&read_maybe_gz(path)?, path)?;
+        let (dims, pixels) = read_idx(path)?;
         let (n, h, w) = match dims.as_slice() {
             [n, h, w] => (*n, *h, *w),
             _ => bail!("{}: expected a [N, H, W] images file (idx3), got {} dimensions", path.display(), dims.len()),
@@ -104,7 +106,7 @@ impl Idx {
         let labels_path = labels_path_for(path);
         let labels = match &labels_path {
             Some(lp) => {
-                let (ld, labels) = parse_idx(&read_maybe_gz(lp)?, lp)?;
+                let (ld, labels) = read_idx(lp)?;
                 if ld != [n] {
                     bail!("{}: {:?} labels for {n} images in {}", lp.display(), ld, path.display());
                 }
@@ -178,7 +180,8 @@ fn sample_values(v: &[f32]) -> Vec<f32> {
 /// Opens a `.npy` file of either kind.
 pub fn open_npy(path: &Path) -> Result<Arc<dyn Dataset>> {
     let bytes = fs::read(path).with_context(|| format!("could not read {}", path.display()))?;
-    let npy = npyz::NpyFile::new(&bytes[..]).with_context(|| format!("{}: not a valid .npy file", path.display()))?;
+    let npy = crate::data::npy::open_checked(&bytes[..], bytes.len() as u64)
+        .with_context(|| format!("{}: not a valid .npy file", path.display()))?;
     if npy.order() != npyz::Order::C {
         bail!("{}: Fortran-ordered arrays are not supported; save it with np.ascontiguousarray", path.display());
     }

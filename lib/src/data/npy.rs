@@ -1,11 +1,97 @@
 //! Writing `.npy` files (format version 1.0, little-endian float32, C order), streamed row by row
-//! into a temporary file that is renamed over the real name only when complete (see [`crate::fsio`]).
+//! into a temporary file that is renamed over the real name only when complete (see [`crate::fsio`]);
+//! and reading `.npy` headers without trusting their sizes ([`read_header_checked`]).
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+
+/// Reads the header of a `.npy` file from `reader` with npyz (the reader is left at the data), refusing a header
+/// whose shape overflows (npyz panics on that product in debug builds and wraps it in release ones) or announces
+/// more data than the `available` bytes of the file, so that no reader allocates or indexes the announced size of
+/// a damaged or hostile file. Errors name no file: the caller adds it.
+pub fn read_header_checked(mut reader: impl std::io::Read, available: u64) -> anyhow::Result<npyz::NpyHeader> {
+    use std::io::Read;
+    // Read the header's bytes first, to look at its shape before npyz multiplies it out.
+    let mut prefix = vec![0u8; 10];
+    let got = read_up_to(&mut reader, &mut prefix)?;
+    prefix.truncate(got);
+    if got == 10 && prefix.starts_with(b"\x93NUMPY") {
+        let len = match prefix[6] {
+            1 => u16::from_le_bytes([prefix[8], prefix[9]]) as usize,
+            _ => {
+                let mut more = [0u8; 2];
+                let n = read_up_to(&mut reader, &mut more)?;
+                prefix.extend(&more[..n]);
+                u32::from_le_bytes([prefix[8], prefix[9], more[0], more[1]]) as usize
+            }
+        };
+        let mut text = vec![0u8; len.min(1 << 20)];
+        let n = read_up_to(&mut reader, &mut text)?;
+        text.truncate(n);
+        if shape_overflows(&String::from_utf8_lossy(&text)) {
+            anyhow::bail!("the header's shape is too large (its element count overflows; a damaged file?)");
+        }
+        prefix.extend(text);
+    }
+    let chained = std::io::Cursor::new(prefix).chain(reader);
+    // npyz panics on an overflowing shape in debug builds: a shape the check above missed is still an error
+    let header = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| npyz::NpyHeader::from_reader(chained)))
+    {
+        Ok(h) => h?,
+        Err(_) => anyhow::bail!("the header's shape is too large (its element count overflows; a damaged file?)"),
+    };
+    let item = header.dtype().num_bytes().map_or(u64::MAX, |b| b as u64);
+    match header.shape().iter().try_fold(item, |a, &d| a.checked_mul(d)) {
+        Some(bytes) if bytes <= available => Ok(header),
+        _ => anyhow::bail!(
+            "the header announces shape {:?} of {}, more data than the file's {available} bytes (a truncated or damaged file)",
+            header.shape(),
+            header.dtype().descr()
+        ),
+    }
+}
+
+/// Fills as much of `buf` as `reader` holds; returns how much.
+fn read_up_to(reader: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match reader.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Whether the `'shape': (...)` of a `.npy` header's text multiplies past 64 bits.
+fn shape_overflows(text: &str) -> bool {
+    let Some(at) = text.find("shape") else { return false };
+    let rest = &text[at..];
+    let (Some(open), Some(close)) = (rest.find('('), rest.find(')')) else { return false };
+    if close < open {
+        return false;
+    }
+    let dims = rest[open + 1..close].split(',').map(|d| d.trim().trim_end_matches('L')).filter(|d| !d.is_empty());
+    let mut product: u64 = 1;
+    for d in dims {
+        match d.parse::<u64>().ok().and_then(|d| product.checked_mul(d)) {
+            Some(p) => product = p,
+            None => return d.parse::<u64>().is_ok(), // an overflow; a non-number is npyz's to refuse
+        }
+    }
+    false
+}
+
+/// [`read_header_checked`], then the file (`available`: its size in bytes).
+pub fn open_checked<R: std::io::Read>(mut reader: R, available: u64) -> anyhow::Result<npyz::NpyFile<R>> {
+    let header = read_header_checked(&mut reader, available)?;
+    Ok(npyz::NpyFile::with_header(header, reader))
+}
 
 /// The `.npy` header for a little-endian float32 C-order array of `shape`, padded so the data starts
 /// at a multiple of 64 bytes.

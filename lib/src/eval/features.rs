@@ -11,7 +11,7 @@ use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use npyz::{DType, NpyFile, NpyHeader, TypeChar, WriterBuilder};
+use npyz::{DType, NpyFile, TypeChar, WriterBuilder};
 use serde::Serialize;
 
 use crate::LewelError;
@@ -261,7 +261,8 @@ pub fn check_val_classes(train: &[i64], val: &[i64], train_name: &Path, val_name
 
 fn open_npy(path: &Path) -> Result<NpyFile<BufReader<File>>> {
     let file = File::open(path).with_context(|| format!("could not open {}", path.display()))?;
-    NpyFile::new(BufReader::with_capacity(1 << 20, file))
+    let len = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+    crate::data::npy::open_checked(BufReader::with_capacity(1 << 20, file), len)
         .with_context(|| format!("{} is not a valid .npy file (numpy.save writes them)", path.display()))
 }
 
@@ -276,7 +277,8 @@ fn plain_type(path: &Path, dtype: &DType) -> Result<(TypeChar, u64)> {
 pub fn read_f32_matrix(path: &Path) -> Result<([usize; 2], Vec<f32>)> {
     let file = File::open(path).with_context(|| format!("could not open {}", path.display()))?;
     let mut reader = BufReader::with_capacity(1 << 20, file);
-    let header = NpyHeader::from_reader(&mut reader)
+    let len = reader.get_ref().metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+    let header = crate::data::npy::read_header_checked(&mut reader, len)
         .with_context(|| format!("{} is not a valid .npy file (numpy.save writes them)", path.display()))?;
     // Fast path for what `embed` and numpy write: little-endian float32 in C order, read in bulk.
     if let (DType::Plain(ts), [n, c]) = (header.dtype(), header.shape()) {

@@ -256,6 +256,7 @@ pub fn load(data: &[u8]) -> Result<Loaded> {
         memo: HashMap::new(),
         unknown: BTreeSet::new(),
         depth: 0,
+        nesting: HashMap::new(),
     };
     let value = m.run()?;
     Ok(Loaded { value, consumed: m.pos, unknown_globals: m.unknown.into_iter().collect() })
@@ -270,6 +271,42 @@ struct Machine<'a> {
     unknown: BTreeSet<String>,
     /// Nesting of `_rebuild_from_type_v2` calls (bounded: a damaged pickle must not recurse forever).
     depth: usize,
+    /// Every container seen, by address: a clone (which keeps it alive, so no address is reused while the machine
+    /// runs), its nesting height, and whether it sits inside another container. See [`MAX_NESTING`].
+    nesting: HashMap<usize, (Value, u32, bool)>,
+}
+
+/// How deep containers may nest. Dropping (or walking) a value recurses once per level: a pickle of 2 MB can
+/// nest lists a million deep, which would overflow the stack and abort the process. Checkpoints nest a few levels.
+/// The height of every container is tracked as it is built; a container may not grow deeper once it sits inside
+/// another (the pickler always finishes a container before it nests it), so the heights stay exact.
+const MAX_NESTING: u32 = 512;
+
+/// The address of a container's shared part (`None` for a value that holds no other values).
+fn container_addr(v: &Value) -> Option<usize> {
+    match v {
+        Value::List(r) => Some(Rc::as_ptr(r) as *const u8 as usize),
+        Value::Tuple(r) => Some(Rc::as_ptr(r) as *const u8 as usize),
+        Value::Dict(r) => Some(Rc::as_ptr(r) as *const u8 as usize),
+        Value::Object(r) => Some(Rc::as_ptr(r) as *const u8 as usize),
+        Value::NpScalar(r) => Some(Rc::as_ptr(r) as *const u8 as usize),
+        _ => None,
+    }
+}
+
+/// The values a container holds.
+fn children_of(v: &Value) -> Vec<Value> {
+    match v {
+        Value::List(l) => l.borrow().clone(),
+        Value::Tuple(t) => t.to_vec(),
+        Value::Dict(d) => d.borrow().iter().flat_map(|(k, v)| [k.clone(), v.clone()]).collect(),
+        Value::Object(o) => {
+            let o = o.borrow();
+            std::iter::once(o.args.clone()).chain(o.state.clone()).collect()
+        }
+        Value::NpScalar(s) => vec![s.1.clone()],
+        _ => Vec::new(),
+    }
 }
 
 impl<'a> Machine<'a> {
@@ -315,6 +352,62 @@ impl<'a> Machine<'a> {
         let s = String::from_utf8_lossy(&rest[..n]).into_owned();
         self.pos += n + 1;
         Ok(s)
+    }
+
+    /// Pushes `v`, registering its nesting height (an error past [`MAX_NESTING`]).
+    fn push(&mut self, v: Value) -> Result<()> {
+        self.height(&v)?;
+        self.stack.push(v);
+        Ok(())
+    }
+
+    /// The nesting height of `v` (0 for a value that holds none), registering a container not seen before (made
+    /// in one step from values already registered).
+    fn height(&mut self, v: &Value) -> Result<u32> {
+        let Some(a) = container_addr(v) else { return Ok(0) };
+        if let Some(e) = self.nesting.get(&a) {
+            return Ok(e.1);
+        }
+        let h = self.adopt(&children_of(v))?;
+        self.nesting.insert(a, (v.clone(), h, false));
+        Ok(h)
+    }
+
+    /// One more than the greatest height among `kids` (1 for none), each now marked as nested.
+    fn adopt(&mut self, kids: &[Value]) -> Result<u32> {
+        let mut h = 1;
+        for k in kids {
+            h = h.max(self.height(k)? + 1);
+            if let Some(e) = container_addr(k).and_then(|a| self.nesting.get_mut(&a)) {
+                e.2 = true;
+            }
+        }
+        if h > MAX_NESTING {
+            bail!(
+                "pickle: containers nested more than {MAX_NESTING} deep at byte {} (a damaged or hostile file)",
+                self.pos
+            );
+        }
+        Ok(h)
+    }
+
+    /// `target` is about to hold `kids` too: its height may rise, unless it already sits inside another container.
+    fn grow(&mut self, target: &Value, kids: &[Value]) -> Result<()> {
+        let Some(a) = container_addr(target) else { return Ok(()) };
+        let old = self.height(target)?;
+        let new = self.adopt(kids)?;
+        if new > old {
+            let e = self.nesting.get_mut(&a).expect("registered by height");
+            if e.2 {
+                bail!(
+                    "pickle: a container grew deeper after it was put inside another, at byte {} (torch.save never \
+                     writes that: a damaged or hostile file)",
+                    self.pos
+                );
+            }
+            e.1 = new;
+        }
+        Ok(())
     }
 
     fn pop(&mut self) -> Result<Value> {
@@ -368,11 +461,11 @@ impl<'a> Machine<'a> {
                 }
                 b'2' => {
                     let v = self.top()?.clone();
-                    self.stack.push(v);
+                    self.push(v)?;
                 }
-                b'N' => self.stack.push(Value::None),
-                0x88 => self.stack.push(Value::Bool(true)),
-                0x89 => self.stack.push(Value::Bool(false)),
+                b'N' => self.push(Value::None)?,
+                0x88 => self.push(Value::Bool(true))?,
+                0x89 => self.push(Value::Bool(false))?,
                 b'I' => {
                     let l = self.line()?;
                     let v = match l.as_str() {
@@ -380,29 +473,29 @@ impl<'a> Machine<'a> {
                         "00" => Value::Bool(false),
                         s => Value::Int(s.trim().parse().with_context(|| format!("pickle: bad INT {s:?}"))?),
                     };
-                    self.stack.push(v);
+                    self.push(v)?;
                 }
                 b'L' => {
                     let l = self.line()?;
                     let s = l.trim().trim_end_matches('L');
-                    self.stack.push(Value::Int(s.parse().with_context(|| format!("pickle: unsupported LONG {s:?}"))?));
+                    self.push(Value::Int(s.parse().with_context(|| format!("pickle: unsupported LONG {s:?}"))?))?;
                 }
                 b'J' => {
                     let v = self.u32()? as i32;
-                    self.stack.push(Value::Int(v as i64));
+                    self.push(Value::Int(v as i64))?;
                 }
                 b'K' => {
                     let v = self.u8()?;
-                    self.stack.push(Value::Int(v as i64));
+                    self.push(Value::Int(v as i64))?;
                 }
                 b'M' => {
                     let v = self.u16()?;
-                    self.stack.push(Value::Int(v as i64));
+                    self.push(Value::Int(v as i64))?;
                 }
                 0x8a | 0x8b => {
                     let n = if op == 0x8a { self.u8()? as usize } else { self.u32()? as usize };
                     let b = self.take(n)?;
-                    self.stack.push(long_from_bytes(b));
+                    self.push(long_from_bytes(b))?;
                 }
                 b'F' => {
                     let l = self.line()?;
@@ -411,24 +504,24 @@ impl<'a> Machine<'a> {
                 }
                 b'G' => {
                     let b = self.take(8)?;
-                    self.stack.push(Value::Float(f64::from_be_bytes(b.try_into().expect("8 bytes"))));
+                    self.push(Value::Float(f64::from_be_bytes(b.try_into().expect("8 bytes"))))?;
                 }
                 b'S' => {
                     let l = self.line()?;
                     let s = l.trim();
                     let inner = s.get(1..s.len().saturating_sub(1)).unwrap_or("");
-                    self.stack.push(Value::str(inner));
+                    self.push(Value::str(inner))?;
                 }
                 b'T' | b'U' => {
                     let n = if op == b'T' { self.u32()? as usize } else { self.u8()? as usize };
                     let b = self.take(n)?;
                     // Python 2 str: latin-1, as torch.load's `encoding` default reads it.
                     let s: String = b.iter().map(|&c| c as char).collect();
-                    self.stack.push(Value::str(&s));
+                    self.push(Value::str(&s))?;
                 }
                 b'V' => {
                     let l = self.line()?;
-                    self.stack.push(Value::str(&l));
+                    self.push(Value::str(&l))?;
                 }
                 b'X' | 0x8c | 0x8d => {
                     let n = match op {
@@ -438,7 +531,7 @@ impl<'a> Machine<'a> {
                     };
                     let b = self.take(n)?;
                     let s = std::str::from_utf8(b).with_context(|| format!("pickle: bad UTF-8 string at byte {at}"))?;
-                    self.stack.push(Value::str(s));
+                    self.push(Value::str(s))?;
                 }
                 b'B' | b'C' | 0x8e | 0x96 => {
                     let n = match op {
@@ -447,15 +540,17 @@ impl<'a> Machine<'a> {
                         _ => self.len_u64()?,
                     };
                     let b = self.take(n)?;
-                    self.stack.push(Value::Bytes(Rc::new(b.to_vec())));
+                    self.push(Value::Bytes(Rc::new(b.to_vec())))?;
                 }
-                b']' => self.stack.push(Value::List(Rc::default())),
+                b']' => self.push(Value::List(Rc::default()))?,
                 b'l' => {
                     let items = self.pop_mark()?;
-                    self.stack.push(Value::List(Rc::new(RefCell::new(items))));
+                    self.push(Value::List(Rc::new(RefCell::new(items))))?;
                 }
                 b'a' => {
                     let v = self.pop()?;
+                    let target = self.top()?.clone();
+                    self.grow(&target, std::slice::from_ref(&v))?;
                     match self.top()? {
                         Value::List(l) => l.borrow_mut().push(v),
                         other => bail!("pickle: APPEND to {} at byte {at}", other.describe()),
@@ -463,15 +558,17 @@ impl<'a> Machine<'a> {
                 }
                 b'e' => {
                     let items = self.pop_mark()?;
+                    let target = self.top()?.clone();
+                    self.grow(&target, &items)?;
                     match self.top()? {
                         Value::List(l) => l.borrow_mut().extend(items),
                         other => bail!("pickle: APPENDS to {} at byte {at}", other.describe()),
                     }
                 }
-                b')' => self.stack.push(Value::Tuple(Rc::new(Vec::new()))),
+                b')' => self.push(Value::Tuple(Rc::new(Vec::new())))?,
                 b't' => {
                     let items = self.pop_mark()?;
-                    self.stack.push(Value::Tuple(Rc::new(items)));
+                    self.push(Value::Tuple(Rc::new(items)))?;
                 }
                 0x85..=0x87 => {
                     let n = (op - 0x84) as usize;
@@ -479,29 +576,33 @@ impl<'a> Machine<'a> {
                         bail!("pickle: stack underflow at byte {at}");
                     }
                     let items = self.stack.split_off(self.stack.len() - n);
-                    self.stack.push(Value::Tuple(Rc::new(items)));
+                    self.push(Value::Tuple(Rc::new(items)))?;
                 }
-                b'}' => self.stack.push(Value::Dict(Rc::default())),
+                b'}' => self.push(Value::Dict(Rc::default()))?,
                 b'd' => {
                     let items = self.pop_mark()?;
                     let d = Value::Dict(Rc::default());
                     set_items(&d, items, at)?;
-                    self.stack.push(d);
+                    self.push(d)?;
                 }
                 b's' => {
                     let v = self.pop()?;
                     let k = self.pop()?;
                     let d = self.top()?.clone();
+                    self.grow(&d, &[k.clone(), v.clone()])?;
                     set_items(&d, vec![k, v], at)?;
                 }
                 b'u' => {
                     let items = self.pop_mark()?;
                     let d = self.top()?.clone();
+                    self.grow(&d, &items)?;
                     set_items(&d, items, at)?;
                 }
-                0x8f => self.stack.push(Value::List(Rc::default())), // EMPTY_SET, kept as a list
+                0x8f => self.push(Value::List(Rc::default()))?, // EMPTY_SET, kept as a list
                 0x90 => {
                     let items = self.pop_mark()?;
+                    let target = self.top()?.clone();
+                    self.grow(&target, &items)?;
                     match self.top()? {
                         Value::List(l) => l.borrow_mut().extend(items),
                         other => bail!("pickle: ADDITEMS to {} at byte {at}", other.describe()),
@@ -509,19 +610,19 @@ impl<'a> Machine<'a> {
                 }
                 0x91 => {
                     let items = self.pop_mark()?;
-                    self.stack.push(Value::List(Rc::new(RefCell::new(items))));
+                    self.push(Value::List(Rc::new(RefCell::new(items))))?;
                 }
                 b'c' => {
                     let module = self.line()?;
                     let name = self.line()?;
-                    self.stack.push(Value::Global(Rc::new(Global { module, name })));
+                    self.push(Value::Global(Rc::new(Global { module, name })))?;
                 }
                 0x93 => {
                     let name = self.pop()?;
                     let module = self.pop()?;
                     match (module.as_str(), name.as_str()) {
                         (Some(m), Some(n)) => {
-                            self.stack.push(Value::Global(Rc::new(Global { module: m.into(), name: n.into() })))
+                            self.push(Value::Global(Rc::new(Global { module: m.into(), name: n.into() })))?
                         }
                         _ => bail!("pickle: STACK_GLOBAL needs two strings at byte {at}"),
                     }
@@ -530,20 +631,20 @@ impl<'a> Machine<'a> {
                     let args = self.pop()?;
                     let f = self.pop()?;
                     let v = self.call(f, args)?;
-                    self.stack.push(v);
+                    self.push(v)?;
                 }
                 0x81 => {
                     let args = self.pop()?;
                     let cls = self.pop()?;
                     let v = self.call(cls, args)?;
-                    self.stack.push(v);
+                    self.push(v)?;
                 }
                 0x92 => {
                     let _kwargs = self.pop()?;
                     let args = self.pop()?;
                     let cls = self.pop()?;
                     let v = self.call(cls, args)?;
-                    self.stack.push(v);
+                    self.push(v)?;
                 }
                 b'i' => {
                     let module = self.line()?;
@@ -551,7 +652,7 @@ impl<'a> Machine<'a> {
                     let args = self.pop_mark()?;
                     let g = Value::Global(Rc::new(Global { module, name }));
                     let v = self.call(g, Value::Tuple(Rc::new(args)))?;
-                    self.stack.push(v);
+                    self.push(v)?;
                 }
                 b'o' => {
                     let mut items = self.pop_mark()?;
@@ -560,11 +661,14 @@ impl<'a> Machine<'a> {
                     }
                     let cls = items.remove(0);
                     let v = self.call(cls, Value::Tuple(Rc::new(items)))?;
-                    self.stack.push(v);
+                    self.push(v)?;
                 }
                 b'b' => {
                     let state = self.pop()?;
                     let target = self.top()?.clone();
+                    if matches!(target, Value::Object(_)) {
+                        self.grow(&target, std::slice::from_ref(&state))?;
+                    }
                     build(&target, state);
                 }
                 b'p' => {
@@ -586,27 +690,27 @@ impl<'a> Machine<'a> {
                 b'g' => {
                     let l = self.line()?;
                     let v = self.memo_get(l.trim().parse().with_context(|| format!("pickle: bad GET {l:?}"))?)?;
-                    self.stack.push(v);
+                    self.push(v)?;
                 }
                 b'h' => {
                     let k = self.u8()? as u64;
                     let v = self.memo_get(k)?;
-                    self.stack.push(v);
+                    self.push(v)?;
                 }
                 b'j' => {
                     let k = self.u32()? as u64;
                     let v = self.memo_get(k)?;
-                    self.stack.push(v);
+                    self.push(v)?;
                 }
                 b'P' => {
                     let l = self.line()?;
                     let v = self.persistent(Value::str(&l), at)?;
-                    self.stack.push(v);
+                    self.push(v)?;
                 }
                 b'Q' => {
                     let pid = self.pop()?;
                     let v = self.persistent(pid, at)?;
-                    self.stack.push(v);
+                    self.push(v)?;
                 }
                 other => bail!("pickle: unsupported opcode 0x{other:02x} at byte {at}"),
             }

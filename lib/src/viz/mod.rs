@@ -242,7 +242,8 @@ fn sidecar_path(p: &Path) -> PathBuf {
 fn open_views(path: &Path, limit: usize, warn: &mut dyn FnMut(String) -> Result<()>) -> Result<Source> {
     let want = "float32 [N, 2, 3, S, S] normalised view pairs, as `augment --out` writes";
     let file = std::fs::File::open(path).with_context(|| format!("could not read --views {}", path.display()))?;
-    let npy = npyz::NpyFile::new(BufReader::new(file))
+    let len = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+    let npy = crate::data::npy::open_checked(BufReader::new(file), len)
         .with_context(|| format!("--views {} is not a .npy file; expected {want}", path.display()))?;
     let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
     if shape.len() != 5 || shape[1] != 2 || shape[2] != 3 || shape[3] == 0 || shape[4] == 0 {
