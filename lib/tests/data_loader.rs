@@ -59,6 +59,12 @@ fn tensor_batches_and_partial_last_batch() {
     assert_eq!(batches[3].v2.size(), vec![4, 3, 32, 32]);
     assert_eq!(batches[3].labels.as_ref().unwrap().len(), 4);
     assert!(batches.iter().all(|b| b.wait_s >= 0.0 && b.skipped.is_empty()));
+    // the tensors, written in place by the workers, hold exactly the plain-memory batches
+    let raw = all(&keep, 0, 0);
+    let values = |t: &tch::Tensor| Vec::<f32>::try_from(t.flatten(0, -1)).unwrap();
+    for (t, r) in batches.iter().zip(&raw) {
+        assert_eq!((values(&t.v1), values(&t.v2), &t.indices), (r.v1.clone(), r.v2.clone(), &r.indices));
+    }
     let drop =
         TwoViewLoader::new(ds("fashion-mnist-tiny/t10k-images-idx3-ubyte"), recipe.clone(), cfg(2, 32, true)).unwrap();
     assert_eq!(drop.steps_per_epoch(), 3);
