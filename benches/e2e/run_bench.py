@@ -57,9 +57,9 @@ def ours(binary, data, threads, case, work, views=None):
     _, recipe, _, batch, flags, _ = case
     run = os.path.join(work, "run")
     shutil.rmtree(run, ignore_errors=True)
-    # the step alone: 12 epochs of the one batch of views
+    # the step alone: 9 epochs of the one batch of views
     source = ["--views", views] if views else [data, "--recipe", recipe, "--threads", str(threads)]
-    cmd = [binary, *source, *flags, "--epochs", "12" if views else "1", "--batch-size", str(batch),
+    cmd = [binary, *source, *flags, "--epochs", "9" if views else "1", "--batch-size", str(batch),
            "--ckpt-every-epochs", "0", "--log-every", "1", "--device", "cpu", "--quiet", "--out", run]
     per_step = []  # (wait, busy) of each step, from the events' running figures (reset every epoch)
     prev = None
@@ -82,7 +82,7 @@ def peer(data, threads, case, views=None):
     _, recipe, _, batch, _, model = case
     if views:
         cmd = [sys.executable, os.path.join(benches, "pretrain", "torch_lewel.py"), "--views", views,
-               "--batch-size", str(batch), "--steps", "9", "--warmup-steps", str(WARMUP), *model]
+               "--batch-size", str(batch), "--steps", "6", "--warmup-steps", str(WARMUP), *model]
         s = run_json(cmd)[-1]
         return {"images_per_s": s["images_per_s"], "data_wait_frac": 0.0, "step_s": s["step_s_median"], "cmd": cmd}
     cmd = [sys.executable, os.path.join(here, "torch_loop.py"), data, "--recipe", recipe, "--workers", str(threads),
