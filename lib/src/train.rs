@@ -107,6 +107,28 @@ pub struct RunOptions {
     pub channels_last: bool,
 }
 
+impl RunOptions {
+    /// The options of a training tool's flags: its run-folder group, its mixed-precision group, its data threads
+    /// and the device it resolved.
+    pub fn from_args(
+        device: Device,
+        threads: usize,
+        run: &crate::cli::RunArgs,
+        amp: &crate::cli::AmpArgs,
+    ) -> Result<RunOptions, LewelError> {
+        Ok(RunOptions {
+            device,
+            threads,
+            log_every: run.log_every,
+            max_steps: run.max_steps,
+            resume: run.resume.is_some(),
+            precision: amp.precision,
+            loss_scale_init: amp.loss_scale_init()?,
+            channels_last: amp.channels_last,
+        })
+    }
+}
+
 /// What the loop reports to the tool after each step (for the progress bar).
 #[derive(Debug, Clone)]
 pub struct StepReport {

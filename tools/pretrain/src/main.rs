@@ -323,16 +323,7 @@ fn run(args: Args) -> Result<()> {
         lewel::dist::init(l, device, std::time::Duration::from_secs(args.dist_timeout))?;
     }
     let main = lewel::dist::is_main();
-    let opts = RunOptions {
-        device,
-        threads: args.threads,
-        log_every: args.run.log_every,
-        max_steps: args.run.max_steps,
-        resume: args.run.resume.is_some(),
-        precision: args.amp.precision,
-        loss_scale_init: args.amp.loss_scale_init()?,
-        channels_last: args.amp.channels_last,
-    };
+    let opts = RunOptions::from_args(device, args.threads, &args.run, &args.amp)?;
     let (cfg, run_dir) = if let Some(dir) = &args.run.resume {
         let run_dir = RunDir::open(dir)?;
         let stored: PretrainConfig = serde_json::from_value(run_dir.read_config()?["pretrain"].clone())
