@@ -58,6 +58,17 @@ struct Splits {
     train_labels: Vec<i64>,
 }
 
+/// The cached-feature inputs of a probe in its protocol: each file, its fingerprint and its row count.
+fn describe_features(protocol: &mut Map<String, Value>, data: &ProbeData) -> Result<()> {
+    for (side, f) in [("train", &data.train), ("val", &data.val)] {
+        protocol.insert(format!("{side}_features"), Value::from(f.features_path.display().to_string()));
+        let fp = features_fingerprint(&f.features_path, &f.labels_path, f.n)?;
+        protocol.insert(format!("{side}_fingerprint"), Value::from(fp));
+        protocol.insert(format!("n_{side}"), Value::from(f.n));
+    }
+    Ok(())
+}
+
 fn open_splits(train: &DataSpec, val: &DataSpec) -> Result<Splits> {
     let t = open(train).with_context(|| format!("could not open --train-data {}", train.path.display()))?;
     let v = open(val).with_context(|| format!("could not open --val-data {}", val.path.display()))?;
@@ -254,14 +265,7 @@ pub fn knn(
         Mode::Features => {
             let t0 = Instant::now();
             let data = ProbeData::load(&cfg.train, &cfg.val)?;
-            protocol.insert("train_features".into(), Value::from(data.train.features_path.display().to_string()));
-            let fp = features_fingerprint(&data.train.features_path, &data.train.labels_path, data.train.n)?;
-            protocol.insert("train_fingerprint".into(), Value::from(fp));
-            protocol.insert("n_train".into(), Value::from(data.train.n));
-            protocol.insert("val_features".into(), Value::from(data.val.features_path.display().to_string()));
-            let fp = features_fingerprint(&data.val.features_path, &data.val.labels_path, data.val.n)?;
-            protocol.insert("val_fingerprint".into(), Value::from(fp));
-            protocol.insert("n_val".into(), Value::from(data.val.n));
+            describe_features(&mut protocol, &data)?;
             let hash = protocol_hash(&protocol);
             if ledger.skip(None, &hash, sink)? {
                 return Ok(ledger.summary);
@@ -318,14 +322,7 @@ pub fn linear(
         Mode::Features => {
             let t0 = Instant::now();
             let data = ProbeData::load(&cfg.train, &cfg.val)?;
-            protocol.insert("train_features".into(), Value::from(data.train.features_path.display().to_string()));
-            let fp = features_fingerprint(&data.train.features_path, &data.train.labels_path, data.train.n)?;
-            protocol.insert("train_fingerprint".into(), Value::from(fp));
-            protocol.insert("n_train".into(), Value::from(data.train.n));
-            protocol.insert("val_features".into(), Value::from(data.val.features_path.display().to_string()));
-            let fp = features_fingerprint(&data.val.features_path, &data.val.labels_path, data.val.n)?;
-            protocol.insert("val_fingerprint".into(), Value::from(fp));
-            protocol.insert("n_val".into(), Value::from(data.val.n));
+            describe_features(&mut protocol, &data)?;
             protocol.insert("train_transform".into(), Value::from("none (cached features)"));
             let hash = protocol_hash(&protocol);
             if ledger.skip(None, &hash, sink)? {
