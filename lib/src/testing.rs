@@ -243,6 +243,39 @@ pub fn jpeg_claiming(width: u16, height: u16) -> Vec<u8> {
     v
 }
 
+/// The bad-data check of a probe (`knn-probe` or `linear-probe`, the binary `bin`) reading images through a tiny
+/// checkpoint: every kind of bad file in the training and the validation data (`dir/train`, `dir/val`) is named in
+/// a `warn` event and the probe finishes with one result; `--strict` fails naming one (a validation file for the
+/// linear probe, which reads the validation split first).
+pub fn check_probe_bad_data(bin: &str, tool: &str, dir: &std::path::Path) {
+    let ck = tiny_checkpoint(&dir.join("ckpt"), true);
+    let bad = bad_data(&dir.join("train"));
+    let val = bad_data(&dir.join("val"));
+    std::fs::copy(val.dir.join("a/good-0.png"), val.dir.join("a/good-9.png")).unwrap(); // a split of its own
+    let s = |p: &std::path::Path| p.to_str().expect("a UTF-8 path").to_string();
+    let linear = bin.ends_with("linear-probe");
+    let run = |strict: bool| {
+        let mut c = Command::new(bin);
+        c.args(["--ckpt", &s(&ck), "--train-data", &s(&bad.dir), "--val-data", &s(&val.dir), "--threads", "1", "-q"]);
+        if linear {
+            c.args(["--epochs", "2", "--milestones", "1", "--batch-size", "4"]);
+        }
+        if strict {
+            c.arg("--strict");
+        }
+        bad.run(&mut c)
+    };
+    let (o, expected) = run(false);
+    bad.assert_skipped_and_reported(tool, &o, &expected);
+    let same_kind = |p: &std::path::PathBuf| expected.iter().any(|e| e.file_name() == p.file_name());
+    let val_expected: Vec<std::path::PathBuf> = val.bad.iter().map(|b| b.0.clone()).filter(same_kind).collect();
+    val.assert_skipped_and_reported(tool, &o, &val_expected);
+    assert_eq!(json_lines(&o.stdout).iter().filter(|e| e["event"] == "result").count(), 1);
+    let (o, _) = run(true);
+    let line = if linear { val.assert_strict_fails(tool, &o, true) } else { bad.assert_strict_fails(tool, &o, true) };
+    eprintln!("{line}");
+}
+
 /// Makes [`BadData`] under `dir` (created): 8 good images, and a truncated JPEG, a zero-byte file, a text file
 /// named `.jpg`, a PNG and a JPEG whose headers claim billions of pixels (decompression bombs), a file nobody
 /// may read (mode 000: unreadable to the tools only through [`without_root_file_access`] when the tests run

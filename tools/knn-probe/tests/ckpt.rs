@@ -174,33 +174,6 @@ fn bad_checkpoints_and_classes_fail_clearly() {
 #[test]
 fn every_kind_of_bad_file_is_reported_or_fatal_with_strict() {
     let d = scratch("bad-kinds");
-    let ck = lewel::testing::tiny_checkpoint(&d.join("ckpt"), true);
-    let bad = lewel::testing::bad_data(&d.join("train"));
-    let val = lewel::testing::bad_data(&d.join("val"));
-    std::fs::copy(val.dir.join("a/good-0.png"), val.dir.join("a/good-9.png")).unwrap(); // a split of its own
-    let run = |strict: bool| {
-        let mut c = std::process::Command::new(BIN);
-        c.args(["--ckpt", s(&ck), "--train-data", s(&bad.dir), "--val-data", s(&val.dir), "--threads", "1", "-q"]);
-        if BIN.ends_with("linear-probe") {
-            c.args(["--epochs", "2", "--milestones", "1", "--batch-size", "4"]);
-        }
-        if strict {
-            c.arg("--strict");
-        }
-        bad.run(&mut c)
-    };
-    let (o, expected) = run(false);
-    bad.assert_skipped_and_reported("knn-probe", &o, &expected);
-    let same_kind = |p: &std::path::PathBuf| expected.iter().any(|e| e.file_name() == p.file_name());
-    let val_expected: Vec<std::path::PathBuf> = val.bad.iter().map(|b| b.0.clone()).filter(same_kind).collect();
-    val.assert_skipped_and_reported("knn-probe", &o, &val_expected);
-    assert_eq!(of_kind(&json_lines(&o.stdout), "result").len(), 1);
-    let (o, _) = run(true);
-    let line = if BIN.ends_with("linear-probe") {
-        val.assert_strict_fails("knn-probe", &o, true)
-    } else {
-        bad.assert_strict_fails("knn-probe", &o, true)
-    };
-    eprintln!("{line}");
+    lewel::testing::check_probe_bad_data(BIN, "knn-probe", &d);
     let _ = std::fs::remove_dir_all(&d);
 }
