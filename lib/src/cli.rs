@@ -47,7 +47,8 @@ pub struct RunArgs {
     /// Emit a `step` event every N steps (0 = none; epoch events always).
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub log_every: u64,
-    /// Stop after this global step with a checkpoint (exit 0): for quick tests and time-boxed runs.
+    /// Stop after this global step with a checkpoint (exit 0): for quick tests and time-boxed runs; 0 saves
+    /// the initial weights (a random-initialisation baseline for the probes).
     #[arg(long, value_name = "N")]
     pub max_steps: Option<u64>,
     /// The run folder to write.

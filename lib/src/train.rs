@@ -668,6 +668,9 @@ pub fn train_loop<B>(
     }
     let path = match last_path {
         Some(p) => p,
+        // `--max-steps 0` on a fresh run: the initial state, e.g. as the random-initialisation baseline of an
+        // evaluation (epoch 0, not an epoch end)
+        None if step == 0 && last_saved.is_none() => save(0, false, &*task, &evals, sink)?,
         None if !crate::dist::is_main() => run_dir.ckpt_dir().join(ckpt::LATEST),
         None => ckpt::resolve(&run_dir.ckpt_dir().join(ckpt::LATEST))?,
     };
