@@ -72,15 +72,18 @@ torch_dir=$("$venv/bin/python" -c 'import os, torch; print(os.path.dirname(torch
 [ -f "$torch_dir/lib/libtorch_cpu.so" ] || die "$torch_dir/lib/libtorch_cpu.so is missing; remove $venv and run scripts/setup.sh again."
 
 # --- 2. Debian packages ---------------------------------------------------------------------------
-if [ "${LEWEL_SKIP_APT:-0}" != 1 ] && [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+apt_want=()
+[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || apt_want+=(dataset-fashion-mnist)
+command -v jq >/dev/null 2>&1 || apt_want+=(jq)   # experiments/Makefile and its test read JSON lines with jq
+if [ "${LEWEL_SKIP_APT:-0}" != 1 ] && [ ${#apt_want[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1; then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo="sudo"
-    say "installing dataset-fashion-mnist (the demo's data set)"
-    { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq dataset-fashion-mnist; } >&2 ||
-      say "warning: could not install dataset-fashion-mnist; the demo falls back to the bundled fixtures/fashion-mnist-tiny"
+    say "installing ${apt_want[*]} (the demo's data set; jq for experiments/)"
+    { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${apt_want[@]}"; } >&2 ||
+      say "warning: could not install ${apt_want[*]}; the demo falls back to the bundled fixtures/fashion-mnist-tiny"
   else
-    say "warning: no apt-get; the demo falls back to the bundled fixtures/fashion-mnist-tiny"
+    say "warning: no apt-get to install ${apt_want[*]}; the demo falls back to the bundled fixtures/fashion-mnist-tiny"
   fi
 fi
 
