@@ -6,7 +6,7 @@
 #      packages the interop tests use. It lives in a per-user cache keyed by the pinned versions
 #      (~/.cache/lewel/...), linked from the project as `.venv`, so a fresh clone on the same machine
 #      does not download 4.6 GB again;
-#   2. the Debian packages the demo and tests use (dataset-fashion-mnist), when apt-get is there;
+#   2. the Debian packages the demo and tests use (dataset-fashion-mnist, jq), when apt-get is there;
 #   3. `.cargo/config.toml` (git-ignored, machine-specific): LIBTORCH for torch-sys, and an rpath to
 #      torch/lib so the built binaries run from any directory without LD_LIBRARY_PATH.
 #
