@@ -3,7 +3,7 @@ SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 CARGO ?= cargo
 
-.PHONY: all setup build release test unit e2e demo bench fuzz fmt lint clean
+.PHONY: all setup build release test unit e2e demo bench fuzz fmt lint clean guard-controls learning
 
 all: build
 
@@ -21,6 +21,15 @@ test: setup
 	$(CARGO) build --workspace --all-targets
 	$(CARGO) test --workspace --no-fail-fast
 	./scripts/e2e.sh
+
+## The learning guard's negative controls: the guard (tests/learning-guard.sh) must miss a detached
+## backbone gradient, a frozen EMA and a negated loss (LEWEL_FAULT); about 4 minutes.
+guard-controls: build
+	GUARD_CONTROLS=1 LEWEL_E2E_ONLY=learning-guard ./scripts/e2e.sh
+
+## The learning comparison of BENCHMARKS.md (scripts/learn-fmnist.sh): hours on a CPU; see the script for a GPU.
+learning: release
+	./scripts/learn-fmnist.sh
 
 ## Bounded fuzzing of every reader of outside bytes (RELIABILITY.md): FUZZ_SECONDS per target (7 targets),
 ## from FUZZ_SEED (default: the clock; printed, so a crash can be replayed). Crashing inputs land in target/fuzz-crashes/.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Cross-tool pipeline checks: runs every tests/*.sh against the built binaries (target/debug, or
 # LEWEL_BIN). Each test script gets BIN (the folder of the binaries), FIXTURES and a fresh TMP, and
-# passes by exiting 0. Prints one line per test and a closing "N passed, N failed" line.
+# passes by exiting 0. Prints one line per test and a closing "N passed, N failed" line. LEWEL_E2E_ONLY=NAME
+# runs tests/NAME.sh alone.
 set -uo pipefail
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export BIN=${LEWEL_BIN:-$top/target/debug}
@@ -10,6 +11,7 @@ pass=0 fail=0 failed=()
 for t in "$top"/tests/*.sh; do
   [ -e "$t" ] || continue
   name=$(basename "$t" .sh)
+  if [ -n "${LEWEL_E2E_ONLY:-}" ] && [ "$name" != "$LEWEL_E2E_ONLY" ]; then continue; fi
   export TMP
   TMP=$(mktemp -d "${TMPDIR:-/tmp}/lewel-e2e-$name.XXXXXX")
   start=$(date +%s)

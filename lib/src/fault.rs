@@ -8,6 +8,14 @@
 //! - `nan-loss=STEP`: the training loop sees a NaN loss at global step STEP (numbered as in `step` events,
 //!   from 1), the way a real divergence shows up: exit 3, the step named, the last checkpoint kept.
 //!
+//! Three bugs for the learning guard's negative controls (`tools/pretrain/tests/learning.rs`): a guard that
+//! passes with one of them on would not guard anything.
+//!
+//! - `detach-backbone`: the online backbone's output is detached before the neck, so the backbone gets no
+//!   gradient (a misplaced `detach` or `no_grad`);
+//! - `frozen-ema`: the target network is never updated (a lost EMA step);
+//! - `negated-loss`: the optimiser climbs the loss instead of descending it (a flipped sign).
+//!
 //! HACK: a switch in the product for the tests' sake; it changes nothing when the variable is unset, and
 //! nothing in the product sets it.
 
@@ -21,6 +29,9 @@ pub const VAR: &str = "LEWEL_FAULT";
 pub struct Faults {
     pub slow_write_ms: Option<u64>,
     pub nan_loss_step: Option<u64>,
+    pub detach_backbone: bool,
+    pub frozen_ema: bool,
+    pub negated_loss: bool,
 }
 
 impl Faults {
@@ -32,7 +43,13 @@ impl Faults {
             match (k, v.parse::<u64>()) {
                 ("slow-write", Ok(ms)) => f.slow_write_ms = Some(ms),
                 ("nan-loss", Ok(step)) => f.nan_loss_step = Some(step),
-                _ => eprintln!("lewel: warning: ignoring {VAR} entry {item:?} (want slow-write=MS or nan-loss=STEP)"),
+                ("detach-backbone", _) if v.is_empty() => f.detach_backbone = true,
+                ("frozen-ema", _) if v.is_empty() => f.frozen_ema = true,
+                ("negated-loss", _) if v.is_empty() => f.negated_loss = true,
+                _ => eprintln!(
+                    "lewel: warning: ignoring {VAR} entry {item:?} (want slow-write=MS, nan-loss=STEP, \
+                     detach-backbone, frozen-ema or negated-loss)"
+                ),
             }
         }
         f
@@ -70,8 +87,13 @@ mod tests {
         assert_eq!(Faults::parse(""), Faults::default());
         assert_eq!(
             Faults::parse("slow-write=40, nan-loss=5"),
-            Faults { slow_write_ms: Some(40), nan_loss_step: Some(5) }
+            Faults { slow_write_ms: Some(40), nan_loss_step: Some(5), ..Faults::default() }
         );
+        assert_eq!(
+            Faults::parse("detach-backbone,frozen-ema,negated-loss"),
+            Faults { detach_backbone: true, frozen_ema: true, negated_loss: true, ..Faults::default() }
+        );
+        assert_eq!(Faults::parse("frozen-ema=1"), Faults::default());
         assert_eq!(Faults::parse("nan-loss=x,bogus"), Faults::default());
     }
 }

@@ -800,7 +800,10 @@ impl TrainTask for PretrainTask<'_> {
         let lr = ctx.lr(self.cfg.lr);
         let m = self.cfg.ema_schedule.momentum(self.cfg.ema_momentum, ctx.step, ctx.total_steps);
         crate::dist::broadcast_from_main(&self.bn_buffers)?;
-        let terms = self.model.forward_loss_amp(&v1, &v2, self.precision)?;
+        let mut terms = self.model.forward_loss_amp(&v1, &v2, self.precision)?;
+        if crate::fault::active().negated_loss {
+            terms.total = -&terms.total;
+        }
         let loss = terms.total.to_kind(Kind::Double).double_value(&[]);
         // the mean over the ranks (so every rank sees a divergence at the same step); identity on one process
         let (loss, terms_global, terms_aligned, terms_std) = if crate::dist::active() {
@@ -840,7 +843,9 @@ impl TrainTask for PretrainTask<'_> {
                 scaling = vec![("loss_scale", used), ("skipped_steps", scaler.skipped_steps() as f64)];
             }
         }
-        self.model.momentum_update(m);
+        if !crate::fault::active().frozen_ema {
+            self.model.momentum_update(m);
+        }
         let mut fields = vec![
             ("loss_global", terms_global),
             ("loss_aligned", terms_aligned),

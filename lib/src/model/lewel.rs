@@ -64,7 +64,9 @@ impl Encoder {
     /// # Shapes
     /// `x`: `[b, 3, h, w]` → global `[b, k, 1]`, aligned `[b, k, k/g]` (LEWEL_B, LEWEL_M).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<NeckOut> {
-        self.neck.forward_t(&self.backbone.forward_t(x, train)?, train)
+        let f = self.backbone.forward_t(x, train)?;
+        let f = if crate::fault::active().detach_backbone { f.detach() } else { f };
+        self.neck.forward_t(&f, train)
     }
 
     fn state(&self, prefix: &str, out: &mut Vec<StateEntry>) {
