@@ -25,7 +25,8 @@ test: setup
 ## The learning guard's negative controls: the guard (tests/learning-guard.sh) must miss a detached
 ## backbone gradient, a frozen EMA and a negated loss (LEWEL_FAULT); about 4 minutes.
 guard-controls: build
-	GUARD_CONTROLS=1 LEWEL_E2E_ONLY=learning-guard ./scripts/e2e.sh
+	d=$$(mktemp -d) && cd "$$d" && GUARD_CONTROLS=1 BIN=$(CURDIR)/target/debug FIXTURES=$(CURDIR)/fixtures \
+		bash $(CURDIR)/tests/learning-guard.sh && rm -rf "$$d"
 
 ## The learning comparison of BENCHMARKS.md (scripts/learn-fmnist.sh): hours on a CPU; see the script for a GPU.
 learning: release

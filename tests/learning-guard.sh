@@ -5,10 +5,11 @@
 #
 # The recipe: LEWEL_M (the LEWEL code path that learns fastest from scratch: the BYOL family first falls below
 # its initialisation, BENCHMARKS.md), ResNet-18 width 8, batch 64, 12 epochs (372 steps), queue 1024, EMA
-# momentum 0.9. Measured on the 2-core build machine, 2026-11-26 (release build, the same numbers in debug):
-# initialisation 64.4 %, trained 77.4 % (+13.0). With the bugs LEWEL_FAULT injects (lib/src/fault.rs):
-# detach-backbone 42.0 % (-22.4), frozen-ema 70.9 % (+6.5), negated-loss 60.9 % (-3.5). MARGIN 9.5 sits between
-# the frozen EMA (the hardest to catch: MoCo still learns something against a random key encoder) and the real run.
+# momentum 0.9. Measured on the 2-core build machine, 2026-11-26, debug build: initialisation 64.4 %, trained
+# 77.4 % (+13.0). With the bugs LEWEL_FAULT injects (lib/src/fault.rs): detach-backbone 42.0 % (-22.4),
+# frozen-ema 70.9 % (+6.5), negated-loss 49.8 % (-14.6; 60.9 % with the release build, where the rest is the
+# same: the ascent is chaotic). MARGIN 9.5 sits between the frozen EMA (the hardest to catch: MoCo still
+# learns something against a random key encoder) and the real run.
 #
 # GUARD_CONTROLS=1 also runs the three faulty trainings and requires each one to MISS the margin (3 more
 # minutes): `make guard-controls`.

@@ -106,6 +106,16 @@ fn resume_is_bit_exact() {
     let mut got = steps(&first);
     got.extend(steps(&resumed));
     assert_eq!(got, full, "losses after resume differ from the uninterrupted run");
+    // --max-steps 0 saves the initial weights (the random-initialisation baseline), and resuming from them is the
+    // whole run
+    let zero = ok(&tiny(&v, &d.join("zero"), &["--max-steps", "0"]));
+    assert_eq!(
+        (zero.last().unwrap()["status"].as_str(), zero.last().unwrap()["step"].as_u64()),
+        (Some("max-steps"), Some(0))
+    );
+    assert!(d.join("zero/ckpt/step-00000000.safetensors").is_file());
+    let from_zero = ok(&pretrain(&["--resume", d.join("zero").to_str().unwrap(), "--log-every", "1", "--quiet"]));
+    assert_eq!(steps(&from_zero), full, "a run resumed from its --max-steps 0 checkpoint differs");
     let _ = std::fs::remove_dir_all(&d);
 }
 
