@@ -194,16 +194,25 @@ pub fn run(cfg: &EmbedConfig, sink: &mut dyn EventSink, progress: &mut dyn FnMut
         )?;
         Ok(())
     })?;
-    crate::eval::features::write_f32_matrix(&cfg.out, n, dim, &feats)
-        .with_context(|| format!("could not write --out {}", cfg.out.display()))?;
+    // Both files are written atomically, and the features last, after any earlier features at that path are gone:
+    // whenever FEATS.npy exists, the labels beside it (or their absence) are its own, also after a crash in
+    // between (which leaves no features, so a probe stops with a clear error instead of pairing new labels with
+    // old features).
+    let default_labels = crate::eval::features::default_labels_path(&cfg.out);
+    remove_if_present(&cfg.out)?;
     let labels_path = match &labels {
         Some(l) => {
-            let p = crate::eval::features::default_labels_path(&cfg.out);
-            crate::eval::features::write_labels(&p, l)?;
-            Some(p)
+            crate::eval::features::write_labels(&default_labels, l)?;
+            Some(default_labels)
         }
-        None => None,
+        None => {
+            // an earlier run's labels would be taken for this data's by the probes
+            remove_if_present(&default_labels)?;
+            None
+        }
     };
+    crate::eval::features::write_f32_matrix(&cfg.out, n, dim, &feats)
+        .with_context(|| format!("could not write --out {}", cfg.out.display()))?;
     let elapsed = t0.elapsed().as_secs_f64();
     let mut end = Event::new(TOOL, "end")
         .str("out", cfg.out.display().to_string())
@@ -217,4 +226,14 @@ pub fn run(cfg: &EmbedConfig, sink: &mut dyn EventSink, progress: &mut dyn FnMut
     }
     sink.emit(&end)?;
     Ok(EmbedReport { out: cfg.out.clone(), labels: labels_path, rows: n, dim, skipped })
+}
+
+/// Removes `path` when it exists (a missing file is fine).
+fn remove_if_present(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(anyhow::Error::new(e).context(format!("could not replace {}", path.display())))
+        }
+        _ => Ok(()),
+    }
 }

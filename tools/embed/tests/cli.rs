@@ -85,6 +85,12 @@ fn features_are_row_per_item_with_labels_and_independent_of_batching() {
     let ev = json_lines(&out.stdout);
     assert_eq!((ev[0]["eval_resize_px"].as_i64(), ev[0]["eval_crop_px"].as_i64()), (Some(40), Some(36)));
     assert_eq!((ev[0]["input_h_px"].as_i64(), ev[0]["input_w_px"].as_i64()), (Some(36), Some(36)));
+    // Unlabelled data over the same --out: the earlier run's labels go, or the probes would take them for these.
+    let photos = format!("{FIX}/photos-96");
+    let out = run_tool(BIN, &["--ckpt", ck.to_str().unwrap(), "--data", &photos, "--out", a.to_str().unwrap(), "-q"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(read_f32(&a).0, vec![6, 32]);
+    assert!(!d.join("a.labels.npy").exists(), "stale labels left beside unlabelled features");
     let _ = std::fs::remove_dir_all(&d);
 }
 
