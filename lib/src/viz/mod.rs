@@ -605,9 +605,12 @@ fn header(
 }
 
 /// The last two components of a path (`run1/ckpt/step-00001000.safetensors` → `ckpt/step-...`).
+/// The checkpoint as a title names it: `RUN/ckpt/FILE` for a checkpoint of a run folder (the run's name is
+/// what tells runs apart), else the file name alone.
 fn short_path(p: &Path) -> String {
     let parts: Vec<String> = p.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
-    parts[parts.len().saturating_sub(2)..].join("/")
+    let in_run = parts.len() >= 3 && parts[parts.len() - 2] == "ckpt";
+    parts[parts.len().saturating_sub(if in_run { 3 } else { 1 })..].join("/")
 }
 
 #[cfg(test)]
@@ -708,7 +711,8 @@ mod tests {
         assert_eq!(safe_stem("x/train.npy[3]"), "train.npy-3");
         assert_eq!(safe_stem("???"), "image");
         assert_eq!(safe_stem(&"y".repeat(100)).len(), 60);
-        assert_eq!(short_path(Path::new("/r/run1/ckpt/step-1.safetensors")), "ckpt/step-1.safetensors");
+        assert_eq!(short_path(Path::new("/r/run1/ckpt/step-1.safetensors")), "run1/ckpt/step-1.safetensors");
         assert_eq!(short_path(Path::new("a.pth")), "a.pth");
+        assert_eq!(short_path(Path::new("/w/out/1/lewel-b-s1.safetensors")), "lewel-b-s1.safetensors");
     }
 }
