@@ -11,15 +11,10 @@ bin=${LEWEL_BIN:-$top/target/release}
 py=$top/.venv/bin/python
 rounds=${ROUNDS:-5}
 count=${IMAGES:-200}
-photos=/usr/share/backgrounds/mate/nature
+photos=$("$top/scripts/photos.sh" bench-augment)
 out=$top/bench-out
 mkdir -p "$out"
 
-if [ ! -d "$photos" ]; then
-  echo "bench-augment: installing mate-backgrounds (the benchmark's photos)" >&2
-  if [ "$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi
-  $sudo apt-get install -y mate-backgrounds >/dev/null 2>&1 || { $sudo apt-get update >/dev/null && $sudo apt-get install -y mate-backgrounds >/dev/null; }
-fi
 [ -x "$bin/augment" ] || { echo "bench-augment: $bin/augment missing; run make release" >&2; exit 1; }
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/lewel-bench-augment.XXXXXX")

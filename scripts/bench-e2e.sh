@@ -17,15 +17,10 @@ py=$top/.venv/bin/python
 repeats=${REPEATS:-3}
 threads=${THREADS:-1,2}
 cases=${CASES:-small 224}
-photos=/usr/share/backgrounds/mate/nature
+photos=$("$top/scripts/photos.sh" bench-e2e)
 out=$top/bench-out
 mkdir -p "$out"
 
-if [ ! -d "$photos" ]; then
-  echo "bench-e2e: installing mate-backgrounds (the benchmark's photos)" >&2
-  if [ "$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi
-  $sudo apt-get install -y mate-backgrounds >/dev/null 2>&1 || { $sudo apt-get update >/dev/null && $sudo apt-get install -y mate-backgrounds >/dev/null; }
-fi
 [ -x "$bin/pretrain" ] || { echo "bench-e2e: $bin/pretrain missing; run make release" >&2; exit 1; }
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/lewel-bench-e2e-data.XXXXXX")
