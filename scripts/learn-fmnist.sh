@@ -162,9 +162,9 @@ pack() {
       -not -path '*/ckpt/*' -print0 | tar --null -czf "$OUT/learning.tar.gz.tmp" -T - 2>/dev/null) &&
       mv "$OUT/learning.tar.gz.tmp" "$OUT/learning.tar.gz"
     local first=${SEEDS%% *} ck
-    ck=$(readlink -f "$WORK/lewel-b-s$first/run/ckpt/latest" 2>/dev/null || true)
-    if [ -n "$ck" ] && [ -f "$WORK/lewel-b-s$first/eval/linear.json" ]; then
-      ck="$WORK/lewel-b-s$first/run/ckpt/$(cat "$WORK/lewel-b-s$first/run/ckpt/latest")"
+    local run=$WORK/lewel-b-s$first/run
+    if [ -f "$run/ckpt/latest" ] && [ -f "$WORK/lewel-b-s$first/eval/linear.json" ]; then
+      ck="$run/ckpt/$(cat "$run/ckpt/latest")"
       cp "$ck" "$OUT/lewel-b-s$first.safetensors"
       cp "${ck%.safetensors}.json" "$OUT/lewel-b-s$first.json"
     fi
