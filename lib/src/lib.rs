@@ -18,6 +18,7 @@ pub mod amp;
 pub mod ckpt;
 pub mod cli;
 pub mod data;
+pub mod diagnose;
 pub mod dist;
 pub mod ema;
 pub mod embed;

@@ -38,6 +38,11 @@ pub struct OptimConfig {
     pub weight_decay: f64,
     /// η, the LARS trust coefficient (official 0.001).
     pub eta: f64,
+    /// Clip the LARS trust ratio at 1 relative to the scheduled lr (`--lars-clip`; off in the official code): the
+    /// factor becomes `min(local / lr, 1)`, so an adapted weight never moves faster than plain SGD would move it
+    /// (solo-learn's `clip_lr`). Absent from older configurations: off.
+    #[serde(default)]
+    pub clip: bool,
     /// The EMA mode decides whether the MLP BN gammas (`mlp.1`) are excluded (§5.2).
     pub ema: EmaMode,
 }
@@ -45,8 +50,34 @@ pub struct OptimConfig {
 impl Default for OptimConfig {
     /// The official LEWEL_B (EMAN) optimizer: LARS, momentum 0.9, wd 1.5e-6, η 0.001.
     fn default() -> Self {
-        OptimConfig { kind: OptimizerKind::Lars, momentum: 0.9, weight_decay: 1.5e-6, eta: 0.001, ema: EmaMode::Eman }
+        OptimConfig {
+            kind: OptimizerKind::Lars,
+            momentum: 0.9,
+            weight_decay: 1.5e-6,
+            eta: 0.001,
+            clip: false,
+            ema: EmaMode::Eman,
+        }
     }
+}
+
+impl OptimConfig {
+    /// Checks the LARS settings: η finite and > 0 (`--lars-eta`). A usage error naming the flag otherwise.
+    pub fn validate(&self) -> Result<(), crate::LewelError> {
+        if !(self.eta.is_finite() && self.eta > 0.0) {
+            return Err(crate::LewelError::Usage(format!(
+                "--lars-eta {}: the LARS trust coefficient must be a finite number > 0 (official 0.001)",
+                self.eta
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Whether the relative update of a parameter is tracked ([`Optimizer::update_ratios`]): the backbone's adapted
+/// (LARS-scaled, weight-decayed) weights, i.e. its convolutions.
+fn tracks_update(name: &str, excluded: bool) -> bool {
+    !excluded && name.starts_with("online_net.backbone.")
 }
 
 /// Whether a parameter goes to the excluded group (no weight decay, LARS factor 1), by its official name:
@@ -66,6 +97,8 @@ struct Slot {
     name: String,
     param: Tensor,
     excluded: bool,
+    /// See [`tracks_update`].
+    tracked: bool,
     buf: Option<Tensor>,
 }
 
@@ -74,6 +107,8 @@ struct Slot {
 pub struct Optimizer {
     cfg: OptimConfig,
     slots: Vec<Slot>,
+    /// ‖Δw‖ / ‖w‖ of every tracked slot at the last step (before the update's ‖w‖).
+    ratios: Vec<f64>,
 }
 
 impl Optimizer {
@@ -81,9 +116,12 @@ impl Optimizer {
     pub fn new(params: Vec<(String, Tensor)>, cfg: &OptimConfig) -> Self {
         let slots = params
             .into_iter()
-            .map(|(name, param)| Slot { excluded: is_excluded(&name, cfg.ema), name, param, buf: None })
+            .map(|(name, param)| {
+                let excluded = is_excluded(&name, cfg.ema);
+                Slot { tracked: tracks_update(&name, excluded), excluded, name, param, buf: None }
+            })
             .collect();
-        Optimizer { cfg: cfg.clone(), slots }
+        Optimizer { cfg: cfg.clone(), slots, ratios: Vec::new() }
     }
 
     /// The settings.
@@ -118,8 +156,10 @@ impl Optimizer {
     ///
     /// LARS (§5.1), per parameter w with gradient g, wd = 0 and factor 1 in the excluded group:
     /// `local = η‖w‖ / (‖g‖ + wd‖w‖)` (f64 scalars), `d = (g + wd·w)·(local·lr)`, `buf = d` at the first step
-    /// then `buf = momentum·buf + d`, `w −= buf`.
+    /// then `buf = momentum·buf + d`, `w −= buf`. With `clip`, `local` becomes `min(local / lr, 1)`.
     /// SGD: `d = g + wd·w`, `buf = d` then `momentum·buf + d`, `w −= lr·buf`.
+    ///
+    /// Afterwards [`Optimizer::update_ratios`] holds ‖Δw‖ / ‖w‖ of the backbone's adapted weights.
     pub fn step(&mut self, lr: f64) {
         let on_gpu = self.slots.first().is_some_and(|s| s.param.device().is_cuda());
         if on_gpu && self.cfg.momentum != 0.0 && self.slots.iter().all(|s| s.buf.is_some()) {
@@ -127,8 +167,9 @@ impl Optimizer {
             return;
         }
         let cfg = self.cfg.clone();
+        let mut ratios = Vec::new();
         tch::no_grad(|| {
-            let (grads, factors) = self.grads_and_factors();
+            let (grads, factors) = self.grads_and_factors(lr);
             for ((s, g), local) in self.slots.iter_mut().zip(&grads).zip(factors) {
                 if !g.defined() {
                     continue;
@@ -154,9 +195,21 @@ impl Optimizer {
                     OptimizerKind::Lars => update,
                     OptimizerKind::Sgd => update * lr,
                 };
+                if s.tracked {
+                    ratios.push(update.norm());
+                    ratios.push(s.param.norm());
+                }
                 let _ = s.param.g_sub_(&update);
             }
         });
+        self.ratios = pair_ratios(&ratios);
+    }
+
+    /// ‖Δw‖ / ‖w‖ of each of the backbone's adapted weights (its convolutions) at the last step, ‖w‖ before the
+    /// update; empty before the first step. A diagnostic: with LARS at η 0.001 it is about `lr·η` whatever the
+    /// gradient.
+    pub fn update_ratios(&self) -> &[f64] {
+        &self.ratios
     }
 
     /// [`Optimizer::step`] on a GPU once every momentum buffer exists: the same formulas over whole lists in a
@@ -166,8 +219,9 @@ impl Optimizer {
     fn step_foreach(&mut self, lr: f64) {
         use lewel_ffi::foreach;
         let cfg = self.cfg.clone();
+        let mut ratios = Vec::new();
         tch::no_grad(|| {
-            let (grads, factors) = self.grads_and_factors();
+            let (grads, factors) = self.grads_and_factors(lr);
             // two groups: with and without weight decay
             for decay in [true, false] {
                 let idx: Vec<usize> = (0..self.slots.len())
@@ -201,24 +255,37 @@ impl Optimizer {
                     OptimizerKind::Lars => -1.0,
                     OptimizerKind::Sgd => -lr,
                 };
+                let tracked: Vec<usize> = (0..idx.len()).filter(|&j| self.slots[idx[j]].tracked).collect();
+                if !tracked.is_empty() {
+                    let pick =
+                        |ts: &[Tensor]| -> Vec<Tensor> { tracked.iter().map(|&j| ts[j].shallow_clone()).collect() };
+                    let (un, wn) = (
+                        foreach::norms(&pick(&bufs)).expect("foreach norm") * alpha.abs(),
+                        foreach::norms(&pick(&w)).expect("foreach norm"),
+                    );
+                    let both = Tensor::stack(&[un, wn], 1).reshape([-1]);
+                    ratios.extend((0..both.size()[0]).map(|i| both.get(i)));
+                }
                 foreach::add_(&w, &bufs, alpha).expect("foreach add");
             }
         });
+        self.ratios = pair_ratios(&ratios);
     }
 
-    /// Every slot's gradient (undefined when it has none) and its LARS factor (1 for SGD).
-    fn grads_and_factors(&self) -> (Vec<Tensor>, Vec<f64>) {
+    /// Every slot's gradient (undefined when it has none) and its LARS factor at lr `lr` (1 for SGD).
+    fn grads_and_factors(&self, lr: f64) -> (Vec<Tensor>, Vec<f64>) {
         let grads: Vec<Tensor> = self.slots.iter().map(|s| s.param.grad()).collect();
         let factors = match self.cfg.kind {
-            OptimizerKind::Lars => self.lars_factors(&grads),
+            OptimizerKind::Lars => self.lars_factors(&grads, lr),
             OptimizerKind::Sgd => vec![1.0; self.slots.len()],
         };
         (grads, factors)
     }
 
     /// The LARS factor of every slot: 1 in the excluded group, else `η‖w‖ / (‖g‖ + wd‖w‖)` from the norms as f64
-    /// scalars (the official `.item()` values). All norms travel to the host in one transfer.
-    fn lars_factors(&self, grads: &[Tensor]) -> Vec<f64> {
+    /// scalars (the official `.item()` values), or with `clip` `min(that / lr, 1)`. All norms travel to the host in
+    /// one transfer.
+    fn lars_factors(&self, grads: &[Tensor], lr: f64) -> Vec<f64> {
         let adapted: Vec<usize> =
             (0..self.slots.len()).filter(|&i| !self.slots[i].excluded && grads[i].defined()).collect();
         let mut factors = vec![1.0; self.slots.len()];
@@ -252,7 +319,8 @@ impl Optimizer {
                 (host.get(2 * j).copied().unwrap_or(0.0), host.get(2 * j + 1).copied().unwrap_or(0.0));
             let denom = g_norm + wd * w_norm;
             // NOTE(ref): Python raises ZeroDivisionError on 0/0; a zero factor keeps w unchanged instead.
-            factors[i] = if denom > 0.0 { self.cfg.eta * w_norm / denom } else { 0.0 };
+            let local = if denom > 0.0 { self.cfg.eta * w_norm / denom } else { 0.0 };
+            factors[i] = if self.cfg.clip && lr > 0.0 { (local / lr).min(1.0) } else { local };
         }
         factors
     }
@@ -308,6 +376,16 @@ impl Optimizer {
     }
 }
 
+/// `[‖Δw₀‖, ‖w₀‖, ‖Δw₁‖, ‖w₁‖, ...]` (scalar tensors, one host transfer) → the ratios (0 where ‖w‖ = 0).
+fn pair_ratios(norms: &[Tensor]) -> Vec<f64> {
+    if norms.is_empty() {
+        return Vec::new();
+    }
+    let flat: Vec<Tensor> = norms.iter().map(|n| n.to_kind(tch::Kind::Double).reshape([1])).collect();
+    let host: Vec<f64> = Vec::try_from(Tensor::cat(&flat, 0).to_device(tch::Device::Cpu)).unwrap_or_default();
+    host.chunks_exact(2).map(|p| if p[1] > 0.0 { p[0] / p[1] } else { 0.0 }).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,7 +420,7 @@ mod tests {
     }
 
     fn cfg(kind: OptimizerKind) -> OptimConfig {
-        OptimConfig { kind, momentum: 0.9, weight_decay: 0.5, eta: 0.1, ema: EmaMode::Eman }
+        OptimConfig { kind, momentum: 0.9, weight_decay: 0.5, eta: 0.1, clip: false, ema: EmaMode::Eman }
     }
 
     #[test]
@@ -375,6 +453,71 @@ mod tests {
         let w2 = [w1[0] - (0.9 * d1[0] + d2[0]), w1[1] - (0.9 * d1[1] + d2[1])];
         assert!(w.allclose(&Tensor::from_slice(&w2), 0.0, 1e-15, false));
         assert!((b.double_value(&[0]) - (0.6 - (0.9 * 0.4 + 0.2))).abs() < 1e-15);
+    }
+
+    #[test]
+    fn lars_clip_caps_the_step_at_the_sgd_step() {
+        // local = 0.1*5/(1 + 0.5*5) = 1/7 for w = (3, 4), g = (0, 1), wd 0.5, η 0.1
+        for (lr, scale) in [(0.2, 1.0 / 7.0), (0.1, 0.1)] {
+            let w = param(&[3.0, 4.0]);
+            let cfg = OptimConfig { clip: true, ..cfg(OptimizerKind::Lars) };
+            let mut opt = Optimizer::new(vec![("online_net.backbone.conv1.weight".into(), w.shallow_clone())], &cfg);
+            backward(&w, &[0.0, 1.0]);
+            opt.step(lr);
+            // d = (g + wd·w)·min(local/lr, 1)·lr = (1.5, 3.0)·min(local, lr)
+            let want = [3.0 - 1.5 * scale, 4.0 - 3.0 * scale];
+            assert!(w.allclose(&Tensor::from_slice(&want), 0.0, 1e-15, false), "lr {lr}: {w}");
+            // the tracked relative update: ‖d‖ / ‖w‖ before the step
+            let ratio = (1.5f64.powi(2) + 9.0).sqrt() * scale / 5.0;
+            assert_eq!(opt.update_ratios().len(), 1);
+            assert!((opt.update_ratios()[0] - ratio).abs() < 1e-12, "{:?} vs {ratio}", opt.update_ratios());
+        }
+    }
+
+    #[test]
+    fn update_ratios_cover_the_backbone_adapted_weights_only() {
+        let names = ["online_net.backbone.conv1.weight", "online_net.backbone.bn1.weight", "predictor.mlp.0.weight"];
+        let ws: Vec<Tensor> = names.iter().map(|_| param(&[1.0, 2.0])).collect();
+        for kind in [OptimizerKind::Lars, OptimizerKind::Sgd] {
+            let mut opt = Optimizer::new(
+                names.iter().zip(&ws).map(|(n, w)| (n.to_string(), w.shallow_clone())).collect(),
+                &cfg(kind),
+            );
+            assert!(opt.update_ratios().is_empty());
+            for _ in 0..2 {
+                opt.zero_grad();
+                for w in &ws {
+                    backward(w, &[0.5, -1.0]);
+                }
+                let before = ws[0].copy();
+                opt.step(0.3);
+                let want = (&ws[0] - &before).norm().double_value(&[]) / before.norm().double_value(&[]);
+                assert_eq!(opt.update_ratios().len(), 1, "{kind:?}");
+                assert!((opt.update_ratios()[0] - want).abs() < 1e-12, "{kind:?}");
+            }
+            let mut f = Optimizer::new(vec![(names[0].to_string(), ws[0].shallow_clone())], &cfg(kind));
+            for _ in 0..2 {
+                f.zero_grad();
+                backward(&ws[0], &[0.5, -1.0]);
+                let before = ws[0].copy();
+                if f.state().is_empty() {
+                    f.step(0.3)
+                } else {
+                    f.step_foreach(0.3)
+                }
+                let want = (&ws[0] - &before).norm().double_value(&[]) / before.norm().double_value(&[]);
+                assert!((f.update_ratios()[0] - want).abs() < 1e-12, "foreach {kind:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn eta_must_be_positive_and_finite() {
+        for eta in [0.0, -0.1, f64::NAN, f64::INFINITY] {
+            let e = OptimConfig { eta, ..OptimConfig::default() }.validate().unwrap_err();
+            assert!(e.to_string().contains("--lars-eta"), "{e}");
+        }
+        assert!(OptimConfig::default().validate().is_ok());
     }
 
     #[test]

@@ -428,7 +428,7 @@ impl TrainTask for SemiTask<'_> {
         let loss = loss_t.to_kind(Kind::Double).double_value(&[]);
         let (lr_b, lr_c) = (ctx.lr(self.cfg.lr_backbone), ctx.lr(self.cfg.lr_classifier));
         if !loss.is_finite() {
-            return Ok(StepOut { loss, lr: lr_b, fields: Vec::new() });
+            return Ok(StepOut { loss, lr: lr_b, fields: Vec::new(), warnings: Vec::new() });
         }
         for p in &mut self.params {
             p.tensor.zero_grad();
@@ -449,7 +449,7 @@ impl TrainTask for SemiTask<'_> {
                 fields.extend([("loss_scale", used), ("skipped_steps", scaler.skipped_steps() as f64)]);
             }
         }
-        Ok(StepOut { loss, lr: lr_b, fields })
+        Ok(StepOut { loss, lr: lr_b, fields, warnings: Vec::new() })
     }
 
     fn state(&self) -> Vec<(String, Tensor)> {

@@ -359,6 +359,8 @@ pub struct StepOut {
     pub lr: f64,
     /// Extra numbers for the `step` event (`loss_global`, `ema_momentum`...).
     pub fields: Vec<(&'static str, f64)>,
+    /// Messages for `warn` events at this step (e.g. the collapse watch's), emitted whatever `--log-every`.
+    pub warnings: Vec<String>,
 }
 
 /// One batch from a [`BatchSource`], with what the loader measured and skipped.
@@ -586,6 +588,9 @@ pub fn train_loop<B>(
         };
         let t_step = Instant::now();
         let out = task.train_step(batch.data, &ctx)?;
+        for w in &out.warnings {
+            sink.emit(&Event::new(tool, "warn").str("message", w.clone()).int("step", step as i64 + 1))?;
+        }
         let loss = crate::fault::loss_at(step + 1, out.loss);
         if !loss.is_finite() {
             // numbered as the `step` events and checkpoints are: this is step `step + 1`, the last finished `step`
@@ -749,6 +754,8 @@ struct PretrainTask<'a> {
     channels_last: bool,
     /// The fp16 loss scaler (None for fp32 and bf16).
     scaler: Option<GradScaler>,
+    /// The collapse watch (made at the first step, which knows the run's length).
+    watch: Option<crate::diagnose::CollapseWatch>,
 }
 
 impl<'a> PretrainTask<'a> {
@@ -785,6 +792,7 @@ impl<'a> PretrainTask<'a> {
             precision: opts.precision,
             channels_last: opts.channels_last,
             scaler,
+            watch: None,
         })
     }
 }
@@ -806,14 +814,22 @@ impl TrainTask for PretrainTask<'_> {
         }
         let loss = terms.total.to_kind(Kind::Double).double_value(&[]);
         // the mean over the ranks (so every rank sees a divergence at the same step); identity on one process
-        let (loss, terms_global, terms_aligned, terms_std) = if crate::dist::active() {
-            let v = crate::dist::mean(&[loss, terms.global, terms.aligned, terms.collapse_std])?;
-            (v[0], v[1], v[2], v[3])
+        let entropy = terms.map_entropy_ratio.unwrap_or(f64::NAN);
+        let (loss, terms_global, terms_aligned, terms_std, target_std, entropy) = if crate::dist::active() {
+            let v = crate::dist::mean(&[
+                loss,
+                terms.global,
+                terms.aligned,
+                terms.collapse_std,
+                terms.target_collapse_std,
+                entropy,
+            ])?;
+            (v[0], v[1], v[2], v[3], v[4], v[5])
         } else {
-            (loss, terms.global, terms.aligned, terms.collapse_std)
+            (loss, terms.global, terms.aligned, terms.collapse_std, terms.target_collapse_std, entropy)
         };
         if !loss.is_finite() {
-            return Ok(StepOut { loss, lr, fields: Vec::new() });
+            return Ok(StepOut { loss, lr, fields: Vec::new(), warnings: Vec::new() });
         }
         // The same three calls as `model::train_step` (which the golden tests use); inlined here
         // because the loss is checked for divergence before the step is taken.
@@ -851,9 +867,24 @@ impl TrainTask for PretrainTask<'_> {
             ("loss_aligned", terms_aligned),
             ("ema_momentum", m),
             ("collapse_std", terms_std),
+            ("target_collapse_std", target_std),
         ];
+        if entropy.is_finite() {
+            fields.push(("map_entropy_ratio", entropy));
+        }
+        let ratios = self.opt.update_ratios();
+        if !ratios.is_empty() {
+            let mut r = ratios.to_vec();
+            r.sort_by(f64::total_cmp);
+            fields.push(("update_ratio_median", r[r.len() / 2]));
+            fields.push(("update_ratio_min", r[0]));
+        }
         fields.extend(scaling);
-        Ok(StepOut { loss, lr, fields })
+        let watch = self.watch.get_or_insert_with(|| {
+            crate::diagnose::CollapseWatch::new(self.cfg.model.method, self.cfg.model.proj_dim, ctx.total_steps)
+        });
+        let warnings = watch.observe(ctx.step + 1, loss, terms_std).into_iter().collect();
+        Ok(StepOut { loss, lr, fields, warnings })
     }
 
     fn state(&self) -> Vec<(String, Tensor)> {

@@ -134,6 +134,10 @@ fn write_npy(path: &Path, descr: &str, shape: &[usize], data: &[u8]) {
     std::fs::write(path, bytes).unwrap();
 }
 
+fn ds_label(p: &Path) -> Option<i64> {
+    open_path(p).label(0)
+}
+
 #[test]
 fn npy_uint8_images_and_float_tensors() {
     let d = scratch("npy");
@@ -157,6 +161,19 @@ fn npy_uint8_images_and_float_tensors() {
     assert_eq!(ds.load_prepared(1).unwrap()[0], 6.0);
     let err = format!("{:#}", ds.load(0).unwrap_err());
     assert!(err.contains("cannot be augmented"), "{err}");
+
+    // no labels file: unlabelled; NAME.labels.npy beside it: its labels (and a new fingerprint)
+    assert_eq!((ds_label(&d.join("c.npy")), open_path(&d.join("c.npy")).num_classes()), (None, None));
+    let unlabelled = open_path(&d.join("c.npy")).fingerprint();
+    let labels: Vec<u8> = [2i64, 0, 5].iter().flat_map(|v| v.to_le_bytes()).collect();
+    write_npy(&d.join("c.labels.npy"), "<i8", &[3], &labels);
+    let ds = open_path(&d.join("c.npy"));
+    assert_eq!((ds.label(0), ds.label(2), ds.num_classes()), (Some(2), Some(5), Some(6)));
+    assert_ne!(ds.fingerprint(), unlabelled);
+    assert!(ds.describe().contains("c.labels.npy"), "{}", ds.describe());
+    write_npy(&d.join("c.labels.npy"), "|u1", &[2], &[1, 1]);
+    let err = format!("{:#}", open(&DataSpec::new(d.join("c.npy"))).err().unwrap());
+    assert!(err.contains("2 labels for the 3 images"), "{err}");
 
     write_npy(&d.join("bad.npy"), "<f8", &[2, 3], &[0u8; 48]);
     let err = format!("{:#}", open(&DataSpec::new(d.join("bad.npy"))).err().unwrap());

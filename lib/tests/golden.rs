@@ -128,7 +128,8 @@ fn step_rows(ema: EmaMode, kind: Kind) -> (f64, f64, f64) {
 
 fn step_rows_on(dev: Device, ema: EmaMode, kind: Kind) -> (f64, f64, f64) {
     let (_vs, model) = build_on(dev, Arch::Resnet18, ema, kind, 16, 32);
-    let ocfg = OptimConfig { kind: OptimizerKind::Lars, momentum: 0.9, weight_decay: 1.5e-6, eta: 0.001, ema };
+    let ocfg =
+        OptimConfig { kind: OptimizerKind::Lars, momentum: 0.9, weight_decay: 1.5e-6, eta: 0.001, clip: false, ema };
     let mut opt = Optimizer::new(model.trainable(), &ocfg);
     let (v1, v2) = views(4, 64, kind);
     let mut losses = Vec::new();

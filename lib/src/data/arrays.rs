@@ -154,7 +154,8 @@ impl Dataset for Idx {
     }
 }
 
-/// `.npy` uint8 images `[N,H,W]` or `[N,H,W,C]`.
+/// `.npy` uint8 images `[N,H,W]` or `[N,H,W,C]`, with the labels of `NAME.labels.npy` beside `NAME.npy` when that
+/// exists (an integer `[N]` array: the layout `embed` writes for features).
 pub struct NpyImages {
     path: PathBuf,
     n: usize,
@@ -162,6 +163,26 @@ pub struct NpyImages {
     w: usize,
     c: usize,
     pixels: Vec<u8>,
+    labels: Option<Vec<i64>>,
+}
+
+/// The labels of a `.npy` images file (see [`NpyImages`]): None without a labels file; an error when it does not
+/// describe the same N items.
+fn npy_labels(images: &Path, n: usize) -> Result<Option<Vec<i64>>> {
+    let lp = crate::data::npy::labels_path(images);
+    if !lp.exists() {
+        return Ok(None);
+    }
+    let labels = crate::data::npy::read_labels(&lp)?;
+    if labels.len() != n {
+        bail!(
+            "{} holds {} labels for the {n} images of {}; the two must describe the same items in the same order",
+            lp.display(),
+            labels.len(),
+            images.display()
+        );
+    }
+    Ok(Some(labels))
 }
 
 /// `.npy` float32 `[N,3,H,W]` already-normalised tensors.
@@ -194,12 +215,14 @@ pub fn open_npy(path: &Path) -> Result<Arc<dyn Dataset>> {
         ("|u1" | "<u1" | ">u1", [n, h, w]) => {
             let (n, h, w) = (*n, *h, *w);
             let pixels = npy.into_vec::<u8>().with_context(|| format!("{}: truncated data", path.display()))?;
-            Ok(Arc::new(NpyImages { path: path.to_path_buf(), n, h, w, c: 1, pixels }))
+            let labels = npy_labels(path, n)?;
+            Ok(Arc::new(NpyImages { path: path.to_path_buf(), n, h, w, c: 1, pixels, labels }))
         }
         ("|u1" | "<u1" | ">u1", [n, h, w, c]) if matches!(c, 1 | 3 | 4) => {
             let (n, h, w, c) = (*n, *h, *w, *c);
             let pixels = npy.into_vec::<u8>().with_context(|| format!("{}: truncated data", path.display()))?;
-            Ok(Arc::new(NpyImages { path: path.to_path_buf(), n, h, w, c, pixels }))
+            let labels = npy_labels(path, n)?;
+            Ok(Arc::new(NpyImages { path: path.to_path_buf(), n, h, w, c, pixels, labels }))
         }
         ("<f4", [n, 3, h, w]) => {
             let shape = [*n, 3, *h, *w];
@@ -217,11 +240,11 @@ impl Dataset for NpyImages {
     fn len(&self) -> usize {
         self.n
     }
-    fn label(&self, _: usize) -> Option<i64> {
-        None
+    fn label(&self, i: usize) -> Option<i64> {
+        self.labels.as_ref().map(|l| l[i])
     }
     fn num_classes(&self) -> Option<usize> {
-        None
+        self.labels.as_ref().and_then(|l| l.iter().max()).map(|&m| m as usize + 1)
     }
     fn name(&self, i: usize) -> String {
         format!("{}[{i}]", self.path.display())
@@ -237,12 +260,19 @@ impl Dataset for NpyImages {
         Ok(RgbImage::from_raw(self.w as u32, self.h as u32, raw).expect("sizes agree"))
     }
     fn describe(&self) -> String {
-        format!("npy-u8 {} ({} images {}x{}x{})", self.path.display(), self.n, self.h, self.w, self.c)
+        let labels = match &self.labels {
+            Some(_) => format!("labels {}", crate::data::npy::labels_path(&self.path).display()),
+            None => "no labels file".into(),
+        };
+        format!("npy-u8 {} ({} images {}x{}x{}, {labels})", self.path.display(), self.n, self.h, self.w, self.c)
     }
     fn fingerprint(&self) -> String {
         let mut h = Sha256::new();
         h.update(format!("{}x{}x{}x{}", self.n, self.h, self.w, self.c));
         sample_digest(&mut h, &self.pixels);
+        if let Some(l) = &self.labels {
+            h.update(l.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>());
+        }
         format!("npy-u8:{}:{}", self.n, hex16(&h.finalize()))
     }
 }

@@ -7,7 +7,7 @@
 //! | a list file of `<label> <relpath>` lines (the official `.ext` files) | `list` | the numbers given; paths under `--root` (default: the list's folder) |
 //! | a list file of bare names `n01440764_10026.JPEG` (SimCLR's `1percent.txt`, CRLF or LF) | `list` | the synset (name before `_`) is the folder `<root>/<synset>/<name>`; the label is its index among the sorted class folders of `--root` (required) |
 //! | `*-images-idx3-ubyte[.gz]` (MNIST, Fashion-MNIST) | `idx` | from `*-labels-idx1-ubyte[.gz]` next to it, if present; grey becomes 3 channels |
-//! | `.npy` uint8 `[N,H,W]` or `[N,H,W,C]` (C = 1, 3 or 4; alpha dropped) | `npy-u8` | none |
+//! | `.npy` uint8 `[N,H,W]` or `[N,H,W,C]` (C = 1, 3 or 4; alpha dropped) | `npy-u8` | from `NAME.labels.npy` next to `NAME.npy` (integers `[N]`), if present |
 //! | `.npy` float32 `[N,3,H,W]`, already normalised | `npy-f32` | none; used as they are: [`Dataset::load`] refuses (no augmentation is possible), [`Dataset::load_prepared`] gives the tensor |
 //!
 //! Image files are recognised by extension in folders (`.jpg .jpeg .png .webp`, any case; other files

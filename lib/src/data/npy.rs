@@ -3,10 +3,11 @@
 //! and reading `.npy` headers without trusting their sizes ([`read_header_checked`]).
 
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+use npyz::{DType, NpyFile, TypeChar};
 
 /// Reads the header of a `.npy` file from `reader` with npyz (the reader is left at the data), refusing a header
 /// whose shape overflows (npyz panics on that product in debug builds and wraps it in release ones) or announces
@@ -190,6 +191,75 @@ impl Drop for NpyWriter {
         }
     }
 }
+
+// --- reading labels -----------------------------------------------------------------------------------------
+
+/// `train.npy` → `train.labels.npy` (a name without `.npy` gets `.labels.npy` appended): where the labels of a
+/// `.npy` array live, for features (`embed`) and for uint8 images alike.
+pub fn labels_path(array: &Path) -> PathBuf {
+    let name = array.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = name.strip_suffix(".npy").unwrap_or(&name);
+    array.with_file_name(format!("{stem}.labels.npy"))
+}
+
+/// Opens a `.npy` file for reading with npyz, its header checked ([`open_checked`]).
+fn open_file(path: &Path) -> Result<NpyFile<BufReader<File>>> {
+    let file = File::open(path).with_context(|| format!("could not open {}", path.display()))?;
+    let len = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+    open_checked(BufReader::with_capacity(1 << 20, file), len)
+        .with_context(|| format!("{} is not a valid .npy file (numpy.save writes them)", path.display()))
+}
+
+/// The type character and size of a plain dtype; a structured dtype is an error naming `path`.
+pub fn plain_type(path: &Path, dtype: &DType) -> Result<(TypeChar, u64)> {
+    match dtype {
+        DType::Plain(ts) => Ok((ts.type_char(), ts.size_field())),
+        other => bail!("{} has the structured dtype {}; expected a plain numeric array", path.display(), other.descr()),
+    }
+}
+
+/// Reads a 1-D integer labels `.npy` (int64, int32, int16, int8 or unsigned); every label must be `>= 0`.
+pub fn read_labels(path: &Path) -> Result<Vec<i64>> {
+    let npy = open_file(path)?;
+    let shape = npy.shape().to_vec();
+    if shape.len() != 1 {
+        bail!("{} has shape {:?}; labels must be a 1-D integer array [N]", path.display(), shape);
+    }
+    let ctx = || format!("could not read the data of {}", path.display());
+    let labels: Vec<i64> = match plain_type(path, &npy.dtype())? {
+        (TypeChar::Int, 8) => npy.into_vec::<i64>().with_context(ctx)?,
+        (TypeChar::Int, 4) => npy.into_vec::<i32>().with_context(ctx)?.into_iter().map(i64::from).collect(),
+        (TypeChar::Int, 2) => npy.into_vec::<i16>().with_context(ctx)?.into_iter().map(i64::from).collect(),
+        (TypeChar::Int, 1) => npy.into_vec::<i8>().with_context(ctx)?.into_iter().map(i64::from).collect(),
+        (TypeChar::Uint, 8) => {
+            npy.into_vec::<u64>().with_context(ctx)?.into_iter().map(|x| i64::try_from(x).unwrap_or(i64::MAX)).collect()
+        }
+        (TypeChar::Uint, 4) => npy.into_vec::<u32>().with_context(ctx)?.into_iter().map(i64::from).collect(),
+        (TypeChar::Uint, 2) => npy.into_vec::<u16>().with_context(ctx)?.into_iter().map(i64::from).collect(),
+        (TypeChar::Uint, 1) => npy.into_vec::<u8>().with_context(ctx)?.into_iter().map(i64::from).collect(),
+        _ => bail!(
+            "{} has dtype {}; labels must be integers (int64 preferred: a.astype('int64'))",
+            path.display(),
+            npy.dtype().descr()
+        ),
+    };
+    if let Some(i) = labels.iter().position(|&l| l < 0) {
+        bail!("{}: label {} at index {i} is negative; labels are class indices 0..K-1", path.display(), labels[i]);
+    }
+    // Labels index dense vote and logit vectors: refuse absurd class counts before allocating them.
+    if let Some(&m) = labels.iter().max() {
+        if m >= MAX_CLASSES {
+            bail!(
+                "{}: label {m} is too large; labels are class indices 0..K-1 with K <= {MAX_CLASSES}",
+                path.display()
+            );
+        }
+    }
+    Ok(labels)
+}
+
+/// The largest class count accepted (labels are dense class indices).
+pub const MAX_CLASSES: i64 = 1 << 20;
 
 #[cfg(test)]
 mod tests {

@@ -14,6 +14,8 @@ use anyhow::{bail, Context, Result};
 use npyz::{DType, NpyFile, TypeChar, WriterBuilder};
 use serde::Serialize;
 
+use crate::data::npy::plain_type;
+pub use crate::data::npy::{read_labels, MAX_CLASSES};
 use crate::LewelError;
 
 /// Where one split's features and labels come from.
@@ -70,9 +72,7 @@ impl FeatureSource {
 
 /// `train.npy` → `train.labels.npy`; a name without `.npy` gets `.labels.npy` appended.
 pub fn default_labels_path(features: &Path) -> PathBuf {
-    let name = features.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let stem = name.strip_suffix(".npy").unwrap_or(&name);
-    features.with_file_name(format!("{stem}.labels.npy"))
+    crate::data::npy::labels_path(features)
 }
 
 /// One split in memory: `n` rows of `dim` float32 features (row-major) and `n` labels.
@@ -259,20 +259,6 @@ pub fn check_val_classes(train: &[i64], val: &[i64], train_name: &Path, val_name
     Ok(())
 }
 
-fn open_npy(path: &Path) -> Result<NpyFile<BufReader<File>>> {
-    let file = File::open(path).with_context(|| format!("could not open {}", path.display()))?;
-    let len = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
-    crate::data::npy::open_checked(BufReader::with_capacity(1 << 20, file), len)
-        .with_context(|| format!("{} is not a valid .npy file (numpy.save writes them)", path.display()))
-}
-
-fn plain_type(path: &Path, dtype: &DType) -> Result<(TypeChar, u64)> {
-    match dtype {
-        DType::Plain(ts) => Ok((ts.type_char(), ts.size_field())),
-        other => bail!("{} has the structured dtype {}; expected a plain numeric array", path.display(), other.descr()),
-    }
-}
-
 /// Reads a 2-D float32 (or float64, converted) `.npy` in C or Fortran order; returns `([n, c], row-major data)`.
 pub fn read_f32_matrix(path: &Path) -> Result<([usize; 2], Vec<f32>)> {
     let file = File::open(path).with_context(|| format!("could not open {}", path.display()))?;
@@ -327,49 +313,6 @@ pub fn read_f32_matrix(path: &Path) -> Result<([usize; 2], Vec<f32>)> {
     };
     Ok(([n, c], data))
 }
-
-/// Reads a 1-D integer labels `.npy` (int64, int32, int16, int8 or unsigned); every label must be `>= 0`.
-pub fn read_labels(path: &Path) -> Result<Vec<i64>> {
-    let npy = open_npy(path)?;
-    let shape = npy.shape().to_vec();
-    if shape.len() != 1 {
-        bail!("{} has shape {:?}; labels must be a 1-D integer array [N]", path.display(), shape);
-    }
-    let ctx = || format!("could not read the data of {}", path.display());
-    let labels: Vec<i64> = match plain_type(path, &npy.dtype())? {
-        (TypeChar::Int, 8) => npy.into_vec::<i64>().with_context(ctx)?,
-        (TypeChar::Int, 4) => npy.into_vec::<i32>().with_context(ctx)?.into_iter().map(i64::from).collect(),
-        (TypeChar::Int, 2) => npy.into_vec::<i16>().with_context(ctx)?.into_iter().map(i64::from).collect(),
-        (TypeChar::Int, 1) => npy.into_vec::<i8>().with_context(ctx)?.into_iter().map(i64::from).collect(),
-        (TypeChar::Uint, 8) => {
-            npy.into_vec::<u64>().with_context(ctx)?.into_iter().map(|x| i64::try_from(x).unwrap_or(i64::MAX)).collect()
-        }
-        (TypeChar::Uint, 4) => npy.into_vec::<u32>().with_context(ctx)?.into_iter().map(i64::from).collect(),
-        (TypeChar::Uint, 2) => npy.into_vec::<u16>().with_context(ctx)?.into_iter().map(i64::from).collect(),
-        (TypeChar::Uint, 1) => npy.into_vec::<u8>().with_context(ctx)?.into_iter().map(i64::from).collect(),
-        _ => bail!(
-            "{} has dtype {}; labels must be integers (int64 preferred: a.astype('int64'))",
-            path.display(),
-            npy.dtype().descr()
-        ),
-    };
-    if let Some(i) = labels.iter().position(|&l| l < 0) {
-        bail!("{}: label {} at index {i} is negative; labels are class indices 0..K-1", path.display(), labels[i]);
-    }
-    // Labels index dense vote and logit vectors: refuse absurd class counts before allocating them.
-    if let Some(&m) = labels.iter().max() {
-        if m >= MAX_CLASSES {
-            bail!(
-                "{}: label {m} is too large; labels are class indices 0..K-1 with K <= {MAX_CLASSES}",
-                path.display()
-            );
-        }
-    }
-    Ok(labels)
-}
-
-/// The largest class count accepted (labels are dense class indices).
-pub const MAX_CLASSES: i64 = 1 << 20;
 
 /// Writes a float32 `[n, c]` `.npy` atomically (used by tests and by `embed`).
 pub fn write_f32_matrix(path: &Path, n: usize, c: usize, data: &[f32]) -> Result<()> {

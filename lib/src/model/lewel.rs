@@ -90,6 +90,12 @@ pub struct LossTerms {
     /// Collapse indicator of the online global embedding z_g (before the predictor): std over the batch of the
     /// L2-normalised vectors, averaged over dimensions and over the two views. ≈ 1/sqrt(K) healthy, 0 collapsed.
     pub collapse_std: f64,
+    /// The same indicator of the target's global embeddings (what the online network is asked to predict: an
+    /// EMAN target whose BN statistics have not calibrated yet gives nearly constant targets, a collapse cause).
+    pub target_collapse_std: f64,
+    /// LEWEL_B / LEWEL_M: the mean entropy of the online alignment maps of both views over that of uniform maps
+    /// (1 = uniform: the spatial part has nothing to act on); None for BYOL and MoCo v2.
+    pub map_entropy_ratio: Option<f64>,
 }
 
 /// The model: `online_net`, `target_net`, then `predictor`[, `predictor_obj`] (LEWEL_B, BYOL) or `queue`,
@@ -250,7 +256,11 @@ impl Lewel {
                 let back = |t: &Tensor| -> Result<Tensor> {
                     Ok(crate::dist::gather(t)?.f_index_select(0, &inv)?.f_narrow(0, first, b)?)
                 };
-                Ok(NeckOut { global: back(&out.global)?, aligned: out.aligned.as_ref().map(back).transpose()? })
+                Ok(NeckOut {
+                    global: back(&out.global)?,
+                    aligned: out.aligned.as_ref().map(back).transpose()?,
+                    maps: None,
+                })
             }
             Some(moco) if train => {
                 let b = x.size4()?.0;
@@ -258,7 +268,11 @@ impl Lewel {
                 let inv = perm.f_argsort(0, false)?; // [b], inverse permutation
                 let out = self.target.forward_t(&x.f_index_select(0, &perm)?, true)?;
                 let back = |t: &Tensor| t.f_index_select(0, &inv);
-                Ok(NeckOut { global: back(&out.global)?, aligned: out.aligned.as_ref().map(back).transpose()? })
+                Ok(NeckOut {
+                    global: back(&out.global)?,
+                    aligned: out.aligned.as_ref().map(back).transpose()?,
+                    maps: None,
+                })
             }
             _ => self.target.forward_t(x, train),
         })
@@ -317,6 +331,11 @@ impl Lewel {
         let global = (g12 + g21).f_double_value(&[])?;
         let c1 = collapse_std(&on1.global.f_squeeze_dim(2)?)?;
         let c2 = collapse_std(&on2.global.f_squeeze_dim(2)?)?;
+        let tc = (collapse_std(&t1.global.f_squeeze_dim(2)?)? + collapse_std(&t2.global.f_squeeze_dim(2)?)?) / 2.0;
+        let entropy = match (&on1.maps, &on2.maps) {
+            (Some(a), Some(b)) => Some((super::neck::map_entropy_ratio(a)? + super::neck::map_entropy_ratio(b)?) / 2.0),
+            _ => None,
+        };
         if let Some(moco) = &self.moco {
             // every rank enqueues the keys of the whole global batch (view 1 of all images, then view 2)
             let (k1, k2) = (
@@ -327,7 +346,14 @@ impl Lewel {
             moco.enqueue(&keys)?;
             moco.advance()?;
         }
-        Ok(LossTerms { total, global, aligned, collapse_std: (c1 + c2) / 2.0 })
+        Ok(LossTerms {
+            total,
+            global,
+            aligned,
+            collapse_std: (c1 + c2) / 2.0,
+            target_collapse_std: tc,
+            map_entropy_ratio: entropy,
+        })
     }
 
     /// The EMA step of the target with momentum `m` (see [`crate::schedule::ema_momentum`]): the whole state for

@@ -36,6 +36,21 @@ pub struct NeckOut {
     pub global: Tensor,
     /// Aligned embeddings Y, `[b, k, k/g]` (LEWEL_B only).
     pub aligned: Option<Tensor>,
+    /// The alignment maps that pooled them, `[b, k, h·w]`, detached (a diagnostic: see [`map_entropy_ratio`]).
+    pub maps: Option<Tensor>,
+}
+
+/// The mean entropy of alignment maps `[b, k, p]` (each summing to 1 over its p positions) divided by that of a
+/// uniform map, ln p: 1 for uniform maps (LEWEL's spatial part has nothing to act on), lower as they focus. 1 when
+/// p = 1.
+pub fn map_entropy_ratio(maps: &Tensor) -> Result<f64> {
+    let p = maps.size().last().copied().unwrap_or(1);
+    if p <= 1 {
+        return Ok(1.0);
+    }
+    let m = maps.f_to_kind(Kind::Double)?;
+    let h = -(&m * m.f_clamp_min(1e-300)?.f_log()?).f_sum_dim_intlist([-1i64].as_slice(), false, Kind::Double)?;
+    Ok(h.f_mean(Kind::Double)?.f_double_value(&[])? / (p as f64).ln())
 }
 
 impl NeckOut {
@@ -44,6 +59,7 @@ impl NeckOut {
         Ok(NeckOut {
             global: crate::amp::full_precision(&self.global)?,
             aligned: self.aligned.as_ref().map(crate::amp::full_precision).transpose()?,
+            maps: self.maps.as_ref().map(crate::amp::full_precision).transpose()?,
         })
     }
 }
@@ -64,7 +80,7 @@ impl Neck {
         let x = f.f_flatten(2, 3)?; // [b, c, p]
         let xbar = f.f_adaptive_avg_pool2d([1, 1])?.f_flatten(2, 3)?; // [b, c, 1]
         let Some(proj_obj) = &self.proj_obj else {
-            return Ok(NeckOut { global: self.proj.forward_t(&xbar, train)?, aligned: None });
+            return Ok(NeckOut { global: self.proj.forward_t(&xbar, train)?, aligned: None, maps: None });
         };
         let z = self.proj.forward_t(&Tensor::f_cat(&[&xbar, &x], 2)?, train)?; // [b, k, 1+p]
         let k = z.size3()?.1;
@@ -81,7 +97,7 @@ impl Neck {
         let r = xg.f_matmul(&a.f_transpose(3, 2)?)?; // [b, g, c/g, k/g]
         let r = r.f_view([b, c, k / g])?; // [b, c, k/g]: k/g aligned representations of dim c
         let y = proj_obj.forward_t(&r, train)?; // [b, k, k/g]
-        Ok(NeckOut { global: z_g.shallow_clone(), aligned: Some(y) })
+        Ok(NeckOut { global: z_g.shallow_clone(), aligned: Some(y), maps: Some(a.f_view([b, k, p])?.f_detach()?) })
     }
 
     /// The alignment maps of §8: softmax over positions of the L2-normalised (and 1/s scaled) heat-maps.
@@ -164,6 +180,21 @@ mod tests {
         let flat = maps.flatten(2, 3);
         let ratio = (flat.amax([2], false) / flat.amin([2], false)).max().double_value(&[]);
         assert!(ratio <= (2.0f64).exp() + 1e-9);
+    }
+
+    #[test]
+    fn map_entropy_ratio_of_uniform_one_hot_and_half_maps() {
+        let uniform = Tensor::full([2, 3, 16], 1.0 / 16.0, (Kind::Float, tch::Device::Cpu));
+        assert!((map_entropy_ratio(&uniform).unwrap() - 1.0).abs() < 1e-6);
+        let one_hot = Tensor::zeros([2, 3, 16], (Kind::Float, tch::Device::Cpu));
+        let _ = one_hot.narrow(2, 5, 1).fill_(1.0);
+        assert!(map_entropy_ratio(&one_hot).unwrap().abs() < 1e-12);
+        // half of the maps uniform over 4 of 16 positions (entropy ln 4 = ln 16 / 2), half one-hot: mean 1/4
+        let m = Tensor::zeros([1, 2, 16], (Kind::Double, tch::Device::Cpu));
+        let _ = m.narrow(1, 0, 1).narrow(2, 0, 4).fill_(0.25);
+        let _ = m.narrow(1, 1, 1).narrow(2, 7, 1).fill_(1.0);
+        assert!((map_entropy_ratio(&m).unwrap() - 0.25).abs() < 1e-12);
+        assert_eq!(map_entropy_ratio(&Tensor::ones([2, 3, 1], (Kind::Float, tch::Device::Cpu))).unwrap(), 1.0);
     }
 
     #[test]

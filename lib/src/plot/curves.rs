@@ -3,7 +3,9 @@
 //! Panels, each omitted when no run has data for it: total loss; global and aligned loss (solid and
 //! dashed); evaluation accuracy (`knn_top1_pct`, else `top1_pct`, else the first `*_pct`); the
 //! collapse indicator `collapse_std` with a line at 1/√K (the value for outputs spread uniformly on
-//! the sphere, K = `model.proj_dim`) and at 0 (collapse); learning rate; EMA momentum.
+//! the sphere, K = `model.proj_dim`) and at 0 (collapse), with the target's dashed; the relative update of the
+//! backbone's adapted weights (`update_ratio_median`, `update_ratio_min` dashed); the alignment-map entropy ratio
+//! (`map_entropy_ratio`, 1 = uniform maps); learning rate; EMA momentum.
 //!
 //! The EMA momentum is drawn as m itself on a linear axis, not 1 − m on a log axis: the reference
 //! schedule is a cosine from 0.99 or 0.996 that ends at exactly 1, where 1 − m = 0 has no place on a
@@ -298,6 +300,18 @@ fn build_figure(
         include_zero: true,
         ..Default::default()
     };
+    let mut update = Panel {
+        title: "backbone update |\u{394}w| / |w|".into(),
+        x_label: x_label.into(),
+        include_zero: true,
+        ..Default::default()
+    };
+    let mut entropy = Panel {
+        title: "alignment-map entropy / uniform".into(),
+        x_label: x_label.into(),
+        y_limits: (Some(0.0), Some(1.0)),
+        ..Default::default()
+    };
     let metric = eval_metric(runs);
     let mut eval = Panel {
         title: metric.as_ref().map(|m| m.1.clone()).unwrap_or_default(),
@@ -309,6 +323,8 @@ fn build_figure(
     let mut points = 0;
     let mut ks: Vec<u64> = Vec::new();
     let mut any_aligned = false;
+    let mut any_target = false;
+    let mut any_min = false;
 
     for (i, (run, label)) in runs.iter().zip(labels).enumerate() {
         let color = run_color(i);
@@ -365,6 +381,14 @@ fn build_figure(
         any_aligned |= !aligned.is_empty();
         noisy(&mut terms, aligned, Some(ALIGNED_DASH));
         noisy(&mut collapse, series_of(&|p| p.collapse_std), None);
+        let target = series_of(&|p| p.target_collapse_std);
+        any_target |= !target.is_empty();
+        noisy(&mut collapse, target, Some(ALIGNED_DASH));
+        noisy(&mut update, series_of(&|p| p.update_ratio_median), None);
+        let least = series_of(&|p| p.update_ratio_min);
+        any_min |= !least.is_empty();
+        noisy(&mut update, least, Some(ALIGNED_DASH));
+        noisy(&mut entropy, series_of(&|p| p.map_entropy_ratio), None);
         for (panel, pts) in [(&mut lr, series_of(&|p| p.lr)), (&mut ema, series_of(&|p| p.ema_momentum))] {
             if !pts.is_empty() {
                 panel.series.push(Series { points: pts, stroke: Stroke::solid(color, 2.0 * s), dots: None });
@@ -388,6 +412,16 @@ fn build_figure(
     if any_aligned {
         terms.key = vec![("global".into(), None), ("aligned".into(), Some((ALIGNED_DASH.0 * s, ALIGNED_DASH.1 * s)))];
     }
+    let dash = Some((ALIGNED_DASH.0 * s, ALIGNED_DASH.1 * s));
+    if any_target {
+        collapse.key = vec![("online".into(), None), ("target".into(), dash)];
+    }
+    if any_min {
+        update.key = vec![("median".into(), None), ("min".into(), dash)];
+    }
+    if entropy.has_data() {
+        entropy.refs.push(RefLine { y: 1.0, label: "uniform maps".into() });
+    }
     if collapse.has_data() {
         ks.sort_unstable();
         for k in ks {
@@ -397,7 +431,8 @@ fn build_figure(
         collapse.refs.push(RefLine { y: 0.0, label: "collapsed".into() });
     }
 
-    let panels: Vec<Panel> = [loss, terms, eval, collapse, lr, ema].into_iter().filter(Panel::has_data).collect();
+    let panels: Vec<Panel> =
+        [loss, terms, eval, collapse, update, entropy, lr, ema].into_iter().filter(Panel::has_data).collect();
     let note = if smoothing {
         format!("lines: moving average of {} points; faint: raw values", cfg.smooth)
     } else {

@@ -34,6 +34,13 @@ pub struct StepPoint {
     pub lr: Option<f64>,
     pub ema_momentum: Option<f64>,
     pub collapse_std: Option<f64>,
+    /// The target's collapse indicator.
+    pub target_collapse_std: Option<f64>,
+    /// ‖Δw‖/‖w‖ of the backbone's adapted weights: median and minimum over the tensors.
+    pub update_ratio_median: Option<f64>,
+    pub update_ratio_min: Option<f64>,
+    /// LEWEL: the mean alignment-map entropy over that of uniform maps.
+    pub map_entropy_ratio: Option<f64>,
 }
 
 /// One `eval` event: where it happened and its `*_pct` metrics.
@@ -161,6 +168,10 @@ pub fn read_history(mut reader: impl BufRead, warn: &mut dyn FnMut(String, Optio
                     lr: num(&obj, "lr"),
                     ema_momentum: num(&obj, "ema_momentum"),
                     collapse_std: num(&obj, "collapse_std"),
+                    target_collapse_std: num(&obj, "target_collapse_std"),
+                    update_ratio_median: num(&obj, "update_ratio_median"),
+                    update_ratio_min: num(&obj, "update_ratio_min"),
+                    map_entropy_ratio: num(&obj, "map_entropy_ratio"),
                 };
                 h.steps.insert(step, p);
             }

@@ -25,8 +25,9 @@ Use plot-events to see how one or several runs went: during training (re-run it 
 events.jsonl), after it, or to compare methods (LEWEL vs BYOL) and settings side by side. Each \
 file is one run; runs are overlaid in one colour each. Panels: total loss, global and aligned \
 loss, kNN/eval accuracy, the collapse indicator (std of the normalised output, with 1/sqrt(K) for \
-a uniform spread and 0 for collapse), learning rate and EMA momentum; a panel without data is left \
-out. A resumed run (a second start in the same file) is drawn as one curve, the later value of a \
+a uniform spread and 0 for collapse; the target's dashed), the relative update of the backbone's \
+LARS-adapted weights |dw|/|w| (median, minimum dashed), the alignment-map entropy over a uniform map's \
+(LEWEL; 1 = uniform maps), learning rate and EMA momentum; a panel without data is left out. A resumed run (a second start in the same file) is drawn as one curve, the later value of a \
 repeated step winning. Unreadable lines are skipped with a warning.
 
 stdout gets JSON lines: a warn event per problem and one end event (out, runs, points).",

@@ -125,9 +125,21 @@ struct Args {
     /// images one epoch uses. Unused by lewel-b and byol.
     #[arg(long, value_name = "K")]
     queue_size: Option<i64>,
-    /// Optimiser: lars (official: trust ratio, BN and bias excluded) or sgd.
+    /// Optimiser: lars (official: trust ratio, BN and bias excluded) or sgd. LARS, per adapted weight w
+    /// with gradient g at the scheduled lr: local = eta·‖w‖ / (‖g‖ + wd·‖w‖), d = (g + wd·w)·local·lr,
+    /// buf = 0.9·buf + d, w -= buf. Excluded from the trust ratio and the weight decay (factor 1, wd 0):
+    /// every name with `bn`, `downsample.1` or `bias`, and with --ema eman the projector/predictor BN
+    /// gammas (`mlp.1`). SGD: buf = 0.9·buf + g + wd·w, w -= lr·buf (same exclusions from wd).
     #[arg(long, value_enum)]
     optimizer: Option<OptimArg>,
+    /// LARS trust coefficient eta (official 0.001; small-data recipes 0.02 with --lars-clip). Must be > 0.
+    #[arg(long, value_name = "ETA", allow_negative_numbers = true)]
+    lars_eta: Option<f64>,
+    /// Clip the LARS trust ratio at 1 relative to the lr: local becomes min(local / lr, 1), so no adapted
+    /// weight moves faster than plain SGD would move it (as solo-learn's clip_lr). Off in the official
+    /// code; `--lars-clip false` turns a preset's clipping off.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    lars_clip: Option<bool>,
     /// Base learning rate, absolute (official 3.6 at batch 1024); warm-up then cosine.
     #[arg(long)]
     lr: Option<f64>,
@@ -247,7 +259,17 @@ impl Args {
         set!(m.queue_size, self.queue_size);
         set!(c.optim.kind, self.optimizer);
         set!(c.optim.weight_decay, self.wd);
+        set!(c.optim.eta, self.lars_eta);
+        set!(c.optim.clip, self.lars_clip);
         c.optim.ema = c.model.ema;
+        c.optim.validate()?;
+        if c.optim.kind != OptimizerKind::Lars && (self.lars_eta.is_some() || self.lars_clip.is_some()) {
+            return Err(lewel::LewelError::Usage(format!(
+                "--lars-eta and --lars-clip apply to --optimizer lars; this run uses {}",
+                serde_json::to_value(c.optim.kind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+            ))
+            .into());
+        }
         set!(c.lr, self.lr);
         set!(c.ema_momentum, self.ema_momentum);
         set!(c.ema_schedule, self.ema_schedule);

@@ -202,6 +202,47 @@ fn bad_inputs_fail_clearly() {
 }
 
 #[test]
+fn lars_flags_are_checked_recorded_and_diagnosed() {
+    let d = scratch("lars-flags");
+    let v = views(&d);
+    for (flags, want) in [
+        (&["--lars-eta", "0"][..], "--lars-eta"),
+        (&["--lars-eta", "-1"][..], "--lars-eta"),
+        (&["--lars-eta", "nan"][..], "--lars-eta"),
+        (&["--lars-clip=maybe"][..], "--lars-clip"),
+        (&["--optimizer", "sgd", "--lars-eta", "0.02"][..], "--lars-eta and --lars-clip apply to --optimizer lars"),
+    ] {
+        let o = tiny(&v, &d.join("bad"), flags);
+        assert_eq!(o.status.code(), Some(2), "{flags:?}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(String::from_utf8_lossy(&o.stderr).contains(want), "{flags:?}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(!d.join("bad").join("config.json").exists(), "{flags:?}");
+    }
+    // recorded in the configuration, and the step events carry the diagnostics
+    let run = d.join("ok");
+    let ev = ok(&tiny(&v, &run, &["--lars-eta", "0.02", "--lars-clip", "--max-steps", "2", "--log-every", "1"]));
+    let cfg: Value = serde_json::from_slice(&std::fs::read(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        (cfg["pretrain"]["optim"]["eta"].as_f64(), cfg["pretrain"]["optim"]["clip"].as_bool()),
+        (Some(0.02), Some(true))
+    );
+    let step = ev.iter().find(|e| e["event"] == "step").unwrap();
+    for k in ["collapse_std", "target_collapse_std", "update_ratio_median", "update_ratio_min", "map_entropy_ratio"] {
+        let x = step[k].as_f64().unwrap_or(-1.0);
+        assert!(x > 0.0 && x <= 1.0, "{k}: {step}");
+    }
+    assert!(step["update_ratio_min"].as_f64() <= step["update_ratio_median"].as_f64());
+    // the clipped step moves the weights faster than the unclipped one at eta 0.02 (lr 0.1: min(local, lr) > local·lr)
+    let plain = ok(&tiny(&v, &d.join("plain"), &["--lars-eta", "0.02", "--max-steps", "2", "--log-every", "1"]));
+    let ratio =
+        |ev: &[Value]| ev.iter().rfind(|e| e["event"] == "step").unwrap()["update_ratio_median"].as_f64().unwrap();
+    assert!(ratio(&ev) > 2.0 * ratio(&plain), "{} vs {}", ratio(&ev), ratio(&plain));
+    // BYOL has no maps
+    let ev = ok(&tiny(&v, &d.join("byol"), &["--method", "byol", "--max-steps", "1", "--log-every", "1"]));
+    assert!(ev.iter().find(|e| e["event"] == "step").unwrap().get("map_entropy_ratio").is_none());
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
 fn divergence_exits_3_and_keeps_the_last_checkpoint() {
     let d = scratch("diverge");
     let v = views(&d);
