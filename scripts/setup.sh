@@ -6,7 +6,8 @@
 #      packages the interop tests use. It lives in a per-user cache keyed by the pinned versions
 #      (~/.cache/lewel/...), linked from the project as `.venv`, so a fresh clone on the same machine
 #      does not download 4.6 GB again;
-#   2. the Debian packages the demo and tests use (dataset-fashion-mnist, jq), when apt-get is there;
+#   2. the Debian packages the demo and tests use (dataset-fashion-mnist, jq, mate-backgrounds), when apt-get is
+#      there;
 #   3. `.cargo/config.toml` (git-ignored, machine-specific): LIBTORCH for torch-sys, and an rpath to
 #      torch/lib so the built binaries run from any directory without LD_LIBRARY_PATH.
 #
@@ -75,11 +76,13 @@ torch_dir=$("$venv/bin/python" -c 'import os, torch; print(os.path.dirname(torch
 apt_want=()
 [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || apt_want+=(dataset-fashion-mnist)
 command -v jq >/dev/null 2>&1 || apt_want+=(jq)   # experiments/Makefile and its test read JSON lines with jq
+# the natural photos of the where-to-learn scenes (benches/learning/make-scenes.sh) and of the benchmarks
+[ -d /usr/share/backgrounds/mate/nature ] || apt_want+=(mate-backgrounds)
 if [ "${LEWEL_SKIP_APT:-0}" != 1 ] && [ ${#apt_want[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1; then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo="sudo"
-    say "installing ${apt_want[*]} (the demo's data set; jq for experiments/)"
+    say "installing ${apt_want[*]} (the demo's data set; jq for experiments/; the scenes' photos)"
     { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${apt_want[@]}"; } >&2 ||
       say "warning: could not install ${apt_want[*]}; the demo falls back to the bundled fixtures/fashion-mnist-tiny"
   else
