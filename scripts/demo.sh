@@ -29,13 +29,22 @@ stage() {
 }
 
 STEPS=${DEMO_STEPS:-100}
-rm -rf "$OUT/run"
+# The random backbone the run starts from (--max-steps 0: the same seed, so the same weights), evaluated the
+# same way: what the pre-training must beat.
+rm -rf "$OUT/run" "$OUT/init"
+stage pretrain-init "$BIN/pretrain" "$TRAIN" --preset small-lewelb --max-steps 0 -q --out "$OUT/init" >"$OUT/init.jsonl"
 stage pretrain "$BIN/pretrain" "$TRAIN" --preset small-lewelb --epochs 1 --warmup-epochs 0 --max-steps "$STEPS" \
   --log-every 10 --out "$OUT/run" >"$OUT/pretrain.jsonl"
-stage embed-train "$BIN/embed" --ckpt "$OUT/run" --data "$TRAIN" --out "$OUT/train.npy" >"$OUT/embed-train.jsonl"
-stage embed-val "$BIN/embed" --ckpt "$OUT/run" --data "$VAL" --out "$OUT/val.npy" >"$OUT/embed-val.jsonl"
-stage linear-probe "$BIN/linear-probe" --train-features "$OUT/train.npy" --val-features "$OUT/val.npy" --out "$OUT/probe.json" >"$OUT/probe.jsonl"
-stage knn-probe "$BIN/knn-probe" --train-features "$OUT/train.npy" --val-features "$OUT/val.npy" --k 20 >"$OUT/knn.jsonl"
+# evaluate NAME CKPT: the two probes of CKPT's backbone (features of both splits, kNN, linear).
+evaluate() {
+  local n=$1 ck=$2
+  stage "embed-train$n" "$BIN/embed" --ckpt "$ck" --data "$TRAIN" --out "$OUT/train$n.npy" >"$OUT/embed-train$n.jsonl"
+  stage "embed-val$n" "$BIN/embed" --ckpt "$ck" --data "$VAL" --out "$OUT/val$n.npy" >"$OUT/embed-val$n.jsonl"
+  stage "linear-probe$n" "$BIN/linear-probe" --train-features "$OUT/train$n.npy" --val-features "$OUT/val$n.npy" --out "$OUT/probe$n.json" >"$OUT/probe$n.jsonl"
+  stage "knn-probe$n" "$BIN/knn-probe" --train-features "$OUT/train$n.npy" --val-features "$OUT/val$n.npy" --k 20 >"$OUT/knn$n.jsonl"
+}
+evaluate "" "$OUT/run"
+evaluate -init "$OUT/init"
 stage export-backbone "$BIN/export-backbone" --ckpt "$OUT/run" --format safetensors --out "$OUT/backbone.safetensors" --verify >"$OUT/export.jsonl"
 stage viz-maps "$BIN/viz-maps" --ckpt "$OUT/run" --data "$top/fixtures/photos-96" --maps top:8 --grid --out "$OUT/maps" >"$OUT/maps.jsonl"
 stage plot-events "$BIN/plot-events" "$OUT/run/events.jsonl" --out "$OUT/curves.png" >"$OUT/plot.jsonl"
@@ -43,14 +52,19 @@ stage plot-events "$BIN/plot-events" "$OUT/run/events.jsonl" --out "$OUT/curves.
 say "outputs are in $OUT"
 # The numbers, from the tools' own JSON lines (their `end` events).
 if command -v python3 >/dev/null; then
-  python3 - "$OUT/probe.jsonl" "$OUT/knn.jsonl" "$OUT/maps.jsonl" <<'PYEOF'
+  python3 - "$OUT" "$STEPS" <<'PYEOF'
 import json, sys
-def end(path):
-    return [e for e in map(json.loads, open(path)) if e["event"] == "end"][-1]
-p, k, m = (end(a) for a in sys.argv[1:])
-print("demo: linear probe top-1 %.1f%% at the final epoch (%.1f%% at the best epoch, chosen on val: optimistic)"
-      % (p["final_top1_pct"], p["best_top1_pct"]))
-print("demo: kNN (k=%d, T=%g) top-1 %.1f%%" % (k["best_k"], k["best_temperature"], k["best_top1_pct"]))
+out, steps = sys.argv[1], int(sys.argv[2])
+def end(name):
+    return [e for e in map(json.loads, open(f"{out}/{name}.jsonl")) if e["event"] == "end"][-1]
+p, k, p0, k0, m = end("probe"), end("knn"), end("probe-init"), end("knn-init"), end("maps")
+print("demo: %-40s %8s %8s" % ("backbone", "kNN %", "linear %"))
+print("demo: %-40s %8.1f %8.1f" % ("random initialisation (same seed)", k0["best_top1_pct"], p0["final_top1_pct"]))
+print("demo: %-40s %8.1f %8.1f" % (f"pre-trained, {steps} steps of small-lewelb", k["best_top1_pct"], p["final_top1_pct"]))
+dk, dl = k["best_top1_pct"] - k0["best_top1_pct"], p["final_top1_pct"] - p0["final_top1_pct"]
+verdict = "learned" if dk > 0 and dl > 0 else "did NOT beat its random initialisation"
+print("demo: the pre-training %s: %+.1f kNN, %+.1f linear points (kNN k=%d, T=%g; linear: final epoch)"
+      % (verdict, dk, dl, k["best_k"], k["best_temperature"]))
 print("demo: alignment maps: mean entropy %.3f of a uniform %.3f nats (ratio %.3f; 1 = uniform)"
       % (m["mean_entropy_nats"], m["max_entropy_nats"], m["entropy_ratio"]))
 PYEOF
