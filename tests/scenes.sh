@@ -48,5 +48,8 @@ PYEOF
 "$BIN/pretrain" "$a/train.npy" --preset small-lewelb --width 4 --proj-dim 16 --hidden-dim 32 --size 48 --batch-size 40 \
   --max-steps 1 --device cpu -q --out run >/dev/null
 "$BIN/knn-probe" --ckpt run/ckpt/latest --train-data "$a/train.npy" --val-data "$a/test.npy" --k 5 --device cpu -q >knn.jsonl
-jq -e 'select(.event == "end") | .best_top1_pct >= 0' knn.jsonl >/dev/null || { echo "FAIL: knn-probe on the scenes"; cat knn.jsonl; exit 1; }
+got=$(jq -r 'select(.event == "end") | .best_top1_pct' knn.jsonl)
+[[ $got =~ ^[0-9.]+$ ]] || { echo "FAIL: knn-probe on the scenes gave no accuracy"; cat knn.jsonl; exit 1; }
+jq -r 'select(.event == "start") | .train_labels' knn.jsonl | grep -q "train.labels.npy" ||
+  { echo "FAIL: knn-probe did not read train.labels.npy"; exit 1; }
 echo "scenes: ok"
