@@ -263,8 +263,7 @@ impl Optimizer {
                         foreach::norms(&pick(&bufs)).expect("foreach norm") * alpha.abs(),
                         foreach::norms(&pick(&w)).expect("foreach norm"),
                     );
-                    let both = Tensor::stack(&[un, wn], 1).reshape([-1]);
-                    ratios.extend((0..both.size()[0]).map(|i| both.get(i)));
+                    ratios.push(Tensor::stack(&[un, wn], 1)); // [n, 2]: ‖Δw‖, ‖w‖ per tensor
                 }
                 foreach::add_(&w, &bufs, alpha).expect("foreach add");
             }
@@ -376,12 +375,13 @@ impl Optimizer {
     }
 }
 
-/// `[‖Δw₀‖, ‖w₀‖, ‖Δw₁‖, ‖w₁‖, ...]` (scalar tensors, one host transfer) → the ratios (0 where ‖w‖ = 0).
+/// Norms whose flattened concatenation reads `‖Δw₀‖, ‖w₀‖, ‖Δw₁‖, ‖w₁‖, ...` (scalars or `[n, 2]` blocks; one host
+/// transfer) → the ratios (0 where ‖w‖ = 0).
 fn pair_ratios(norms: &[Tensor]) -> Vec<f64> {
     if norms.is_empty() {
         return Vec::new();
     }
-    let flat: Vec<Tensor> = norms.iter().map(|n| n.to_kind(tch::Kind::Double).reshape([1])).collect();
+    let flat: Vec<Tensor> = norms.iter().map(|n| n.to_kind(tch::Kind::Double).reshape([-1])).collect();
     let host: Vec<f64> = Vec::try_from(Tensor::cat(&flat, 0).to_device(tch::Device::Cpu)).unwrap_or_default();
     host.chunks_exact(2).map(|p| if p[1] > 0.0 { p[0] / p[1] } else { 0.0 }).collect()
 }

@@ -71,9 +71,7 @@ impl FeatureSource {
 }
 
 /// `train.npy` → `train.labels.npy`; a name without `.npy` gets `.labels.npy` appended.
-pub fn default_labels_path(features: &Path) -> PathBuf {
-    crate::data::npy::labels_path(features)
-}
+pub use crate::data::npy::labels_path as default_labels_path;
 
 /// One split in memory: `n` rows of `dim` float32 features (row-major) and `n` labels.
 #[derive(Debug, Clone, PartialEq)]
