@@ -22,11 +22,13 @@ test: setup
 	$(CARGO) test --workspace --no-fail-fast
 	./scripts/e2e.sh
 
-## The learning guard's negative controls: the guard (tests/learning-guard.sh) must miss a detached
-## backbone gradient, a frozen EMA and a negated loss (LEWEL_FAULT); about 4 minutes.
+## The learning guards' negative controls: each guard (tests/learning-guard.sh for LEWEL_M,
+## tests/learning-guard-byol.sh for LEWEL_B) must miss a detached backbone gradient, a frozen EMA and a
+## negated loss (LEWEL_FAULT); about 8 minutes.
 guard-controls: build
-	d=$$(mktemp -d) && cd "$$d" && GUARD_CONTROLS=1 BIN=$(CURDIR)/target/debug FIXTURES=$(CURDIR)/fixtures \
-		bash $(CURDIR)/tests/learning-guard.sh && rm -rf "$$d"
+	for g in learning-guard learning-guard-byol; do \
+		d=$$(mktemp -d) && (cd "$$d" && GUARD_CONTROLS=1 BIN=$(CURDIR)/target/debug FIXTURES=$(CURDIR)/fixtures \
+			bash $(CURDIR)/tests/$$g.sh) || exit 1; rm -rf "$$d"; done
 
 ## The learning comparison of BENCHMARKS.md (scripts/learn-fmnist.sh): hours on a CPU; see the script for a GPU.
 learning: release

@@ -12,7 +12,13 @@
 #   scripts/learn-fmnist.sh summary              # only (re)write summary.{json,md} from what exists
 #   DEVICE=cuda JOBS=4 THREADS=4 scripts/learn-fmnist.sh      # on a GPU machine, 4 runs at a time
 #
-# Knobs (environment): DATA (folder with the four IDX files, .gz or not; default the Debian package),
+# BENCH=scenes runs the same comparison on the where-to-learn scenes (benches/learning/make-scenes.sh: train
+# split to pre-train on and as the memory, test split as the queries; PRETRAIN_FLAGS defaults to --size 48).
+#
+# Knobs (environment): BENCH=fmnist|scenes, TRAIN_N (pre-train on, and take the memory from, the first TRAIN_N
+# training images only; default all), PRETRAIN_FLAGS (added to every pre-training, the random backbone's
+# included: a budget such as "--width 8"), SUPERVISED=1 (0 skips the upper bound), SCENES (a made scenes
+# folder), DATA (folder with the four IDX files, .gz or not; default the Debian package),
 # OUT (results; default ./learning-out), WORK (run folders and features; default OUT/runs), EPOCHS=8,
 # SEEDS="1 2", METHODS="lewel-b byol lewel-m mocov2", DEVICE=cpu, JOBS=1 (tasks at a time), THREADS=0
 # (data workers per task; 0 = one per core), BUDGET_S=0 (no task starts after this many seconds; 0 =
@@ -49,7 +55,10 @@ case ${1:-} in
     exec "$0" all "$@" ;;
 esac
 BIN=${LEWEL_BIN:-$top/target/release}
+BENCH=${BENCH:-fmnist}
 DATA=${DATA:-/usr/share/datasets/fashion-mnist}
+TRAIN_N=${TRAIN_N:-}
+SUPERVISED=${SUPERVISED:-1}
 OUT=${OUT:-./learning-out}
 WORK=${WORK:-$OUT/runs}
 EPOCHS=${EPOCHS:-8}
@@ -61,7 +70,13 @@ THREADS=${THREADS:-0}
 BUDGET_S=${BUDGET_S:-0}
 MAX_STEPS=${MAX_STEPS:-}
 PYTHON=${PYTHON:-python3}
-export BIN DATA OUT WORK EPOCHS SEEDS METHODS DEVICE JOBS THREADS BUDGET_S MAX_STEPS PYTHON
+case $BENCH in
+  fmnist) PRETRAIN_FLAGS=${PRETRAIN_FLAGS:-} ;;
+  scenes) PRETRAIN_FLAGS=${PRETRAIN_FLAGS:---size 48} ;;
+  *) echo "learn-fmnist: unknown BENCH=$BENCH (fmnist or scenes)" >&2; exit 2 ;;
+esac
+export BIN BENCH DATA OUT WORK EPOCHS SEEDS METHODS DEVICE JOBS THREADS BUDGET_S MAX_STEPS PYTHON TRAIN_N \
+  SUPERVISED PRETRAIN_FLAGS
 mkdir -p "$OUT" "$WORK"
 OUT=$(cd "$OUT" && pwd) WORK=$(cd "$WORK" && pwd)
 export LEARN_T0=${LEARN_T0:-$(date +%s)}
@@ -69,7 +84,46 @@ export LEARN_T0=${LEARN_T0:-$(date +%s)}
 idx() { # idx NAME: the IDX file NAME in DATA, compressed or not
   if [ -f "$DATA/$1.gz" ]; then echo "$DATA/$1.gz"; else echo "$DATA/$1"; fi
 }
-TRAIN=$(idx train-images-idx3-ubyte) TEST=$(idx t10k-images-idx3-ubyte)
+if [ "$BENCH" = scenes ]; then
+  if [ -z "${SCENES:-}" ] && [ "${1:-all}" = all ]; then SCENES=$("$top/benches/learning/make-scenes.sh") || exit 1; fi
+  export SCENES
+  TRAIN=${SCENES:-}/train.npy TEST=${SCENES:-}/test.npy
+else
+  TRAIN=$(idx train-images-idx3-ubyte) TEST=$(idx t10k-images-idx3-ubyte)
+fi
+# subset: the first TRAIN_N training images (with their labels) as a file in WORK/data, made once; prints it.
+subset() {
+  local sub=$OUT/data/first$TRAIN_N-images-idx3-ubyte
+  case $TRAIN in *.npy) sub=$OUT/data/train-first$TRAIN_N.npy ;; esac
+  if [ ! -f "$sub" ]; then
+    mkdir -p "$OUT/data"
+    "$PYTHON" - "$TRAIN" "$TRAIN_N" "$sub" <<'PYEOF' >&2 || return 1
+import gzip, os, sys, numpy as np
+src, n, dst = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+if src.endswith(".npy"):
+    x = np.load(src, mmap_mode="r")
+    assert n <= len(x), f"TRAIN_N={n} is more than the {len(x)} training images"
+    np.save(dst[:-4] + ".labels.npy", np.load(src[:-4] + ".labels.npy")[:n])
+    np.save(dst[:-4] + ".part.npy", np.ascontiguousarray(x[:n]))
+    os.replace(dst[:-4] + ".part.npy", dst)
+else:
+    op = gzip.open if src.endswith(".gz") else open
+    im = op(src, "rb").read()
+    lb = op(src.replace("images-idx3", "labels-idx1"), "rb").read()
+    assert n <= int.from_bytes(im[4:8], "big"), f"TRAIN_N={n} is more than the training set"
+    open(dst.replace("images-idx3", "labels-idx1"), "wb").write(lb[:4] + n.to_bytes(4, "big") + lb[8:8 + n])
+    open(dst + ".part", "wb").write(im[:4] + n.to_bytes(4, "big") + im[8:16] + im[16:16 + n * 784])
+    os.replace(dst + ".part", dst)
+PYEOF
+  fi
+  echo "$sub"
+}
+if [ "${1:-all}" != summary ]; then
+  for f in "$TRAIN" "$TEST"; do
+    [ -f "$f" ] || { echo "learn-fmnist: $f is missing (apt-get install dataset-fashion-mnist, or set DATA)" >&2; exit 1; }
+  done
+  if [ -n "$TRAIN_N" ]; then TRAIN=$(subset) || exit 1; fi
+fi
 say() { printf 'learn-fmnist [%4ss] %s\n' $(( $(date +%s) - LEARN_T0 )) "$*" >&2; }
 preset() { case $1 in lewel-b) echo small-lewelb ;; byol) echo small-byol ;; lewel-m) echo small-lewelm ;;
   mocov2) echo small-mocov2 ;; *) echo "unknown method $1" >&2; return 1 ;; esac; }
@@ -106,12 +160,12 @@ task() {
   case $name in
     random-s*)
       rm -rf "$dir/run"
-      "$BIN/pretrain" "$TRAIN" --preset small-lewelb --seed "$seed" --max-steps 0 --device "$DEVICE" -q \
+      "$BIN/pretrain" "$TRAIN" --preset small-lewelb $PRETRAIN_FLAGS --seed "$seed" --max-steps 0 --device "$DEVICE" -q \
         --out "$dir/run" >"$dir/pretrain.jsonl" 2>"$dir/pretrain.err" && evaluate "$name" "$dir/run" && ok=1 ;;
     supervised-s*)
       # the random initialisation of the same seed (the same weights as random-s<seed>), then all labels
       rm -rf "$dir/init" "$dir/run"
-      "$BIN/pretrain" "$TRAIN" --preset small-lewelb --seed "$seed" --max-steps 0 --device "$DEVICE" -q \
+      "$BIN/pretrain" "$TRAIN" --preset small-lewelb $PRETRAIN_FLAGS --seed "$seed" --max-steps 0 --device "$DEVICE" -q \
         --out "$dir/init" >"$dir/init.jsonl" 2>"$dir/init.err" &&
         "$BIN/finetune-semi" --ckpt "$dir/init" --train-data "$TRAIN" --val-data "$TEST" --fraction 1.0 \
           --preset semi-small --epochs "$EPOCHS" --batch-size 256 --lr-backbone 0.1 --lr-classifier 0.1 \
@@ -124,10 +178,15 @@ task() {
       "$PYTHON" - "$TRAIN" "$TEST" "$dir/eval" <<'PYEOF' && probe "$dir/eval" && rm -f "$dir/eval"/*.npy && ok=1
 import gzip, sys, numpy as np
 def idx(path):
+    if path.endswith(".npy"):
+        x = np.load(path)
+        return x.reshape(len(x), -1)
     raw = (gzip.open if path.endswith(".gz") else open)(path, "rb").read()
     n = int.from_bytes(raw[4:8], "big")
     return np.frombuffer(raw, np.uint8, offset=16).reshape(n, -1)
 def labels(path):
+    if path.endswith(".npy"):
+        return np.load(path.replace("images-idx3", "labels-idx1")[:-4] + ".labels.npy")
     return np.frombuffer((gzip.open if path.endswith(".gz") else open)(path, "rb").read(), np.uint8, offset=8)
 for src, name in ((sys.argv[1], "train"), (sys.argv[2], "test")):
     np.save(f"{sys.argv[3]}/{name}.npy", idx(src).astype(np.float32) / 255.0)
@@ -138,7 +197,7 @@ PYEOF
       local method=${name%-s*}
       local p; p=$(preset "$method") || return 1
       local how=(--out "$dir/run" "$TRAIN" --preset "$p" --epochs "$EPOCHS" --seed "$seed" --log-every 20)
-      if [ -f "$dir/run/ckpt/latest" ]; then how=(--resume "$dir/run"); else rm -rf "$dir/run"; fi
+      if [ -f "$dir/run/ckpt/latest" ]; then how=(--resume "$dir/run"); else how+=($PRETRAIN_FLAGS); rm -rf "$dir/run"; fi
       "$BIN/pretrain" "${how[@]}" --device "$DEVICE" --threads "$THREADS" $(cap) -q \
         >>"$dir/pretrain.jsonl" 2>>"$dir/pretrain.err" && evaluate "$name" "$dir/run" && ok=1 ;;
   esac
@@ -153,11 +212,17 @@ PYEOF
   pack
 }
 
+# describe: the data and the budget, in words, for the summary.
+describe() {
+  local n=${TRAIN_N:-all} what="Fashion-MNIST 32 px"
+  [ "$BENCH" = scenes ] && what="the scenes ($SCENES)"
+  echo "$what, $n training images to pre-train on and as the kNN memory, the test split as the queries; pre-training flags over the small presets: [${PRETRAIN_FLAGS:-none}]"
+}
 # pack: the summary and the tarball of everything small, so a run cut short still leaves its results.
 pack() {
   (
     flock 9
-    "$PYTHON" "$top/benches/learning/summary.py" "$WORK" "$OUT" "$EPOCHS" || say "summary failed"
+    "$PYTHON" "$top/benches/learning/summary.py" "$WORK" "$OUT" "$EPOCHS" "$(describe)" || say "summary failed"
     (cd "$WORK" && find . \( -name '*.jsonl' -o -name '*.json' -o -name '*.err' -o -name task_s \) \
       -not -path '*/ckpt/*' -print0 | tar --null -czf "$OUT/learning.tar.gz.tmp" -T - 2>/dev/null) &&
       mv "$OUT/learning.tar.gz.tmp" "$OUT/learning.tar.gz"
@@ -178,20 +243,17 @@ case ${1:-all} in
   *) echo "usage: $0 [all|summary|task NAME]" >&2; exit 2 ;;
 esac
 
-for f in "$TRAIN" "$TEST"; do
-  [ -f "$f" ] || { echo "learn-fmnist: $f is missing (apt-get install dataset-fashion-mnist, or set DATA)" >&2; exit 1; }
-done
-say "epochs $EPOCHS, seeds $SEEDS, methods $METHODS, device $DEVICE, $JOBS task(s) at a time, out $OUT"
-# The order is the priority (a BUDGET_S cut drops the tail): first seed of every method and the cheap
-# baselines, then the upper bound, then the other seeds.
+say "$BENCH, training images $TRAIN, pre-training flags [$PRETRAIN_FLAGS], epochs $EPOCHS, seeds $SEEDS, methods $METHODS, device $DEVICE, $JOBS task(s) at a time, out $OUT"
+# The order is the priority (a BUDGET_S cut drops the tail): every method and the random backbone seed by
+# seed, raw pixels after the first, then the upper bound.
 tasks=()
 first=1
 for s in $SEEDS; do
   for m in $METHODS; do tasks+=("$m-s$s"); done
   tasks+=("random-s$s")
   if [ "$first" = 1 ]; then tasks+=(raw-pixels); first=0; fi
-  tasks+=("supervised-s$s")
 done
+if [ "$SUPERVISED" = 1 ]; then for s in $SEEDS; do tasks+=("supervised-s$s"); done; fi
 printf '%s\n' "${tasks[@]}" | xargs -P "$JOBS" -I{} "$0" task {}
 pack
 cat "$OUT/summary.md" >&2

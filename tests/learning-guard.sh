@@ -1,24 +1,36 @@
-# The learning guard (issue 11): a short pre-training on the 2,000-image Fashion-MNIST fixture must lift the
+# The learning guard (issues 11 and 17): a short pre-training on the 2,000-image Fashion-MNIST fixture must lift the
 # kNN accuracy of the backbone (k 20, T 0.07, memory: the 2,000 training images, queries: the 1,000 test
 # images) above the same backbone at initialisation by MARGIN points. A regression test of learning, not of
 # timing: about a minute on 2 cores.
 #
-# The recipe: LEWEL_M (the LEWEL code path that learns fastest from scratch: the BYOL family first falls below
-# its initialisation, BENCHMARKS.md), ResNet-18 width 8, batch 64, 12 epochs (372 steps), queue 1024, EMA
-# momentum 0.9. Measured on the 2-core build machine, 2026-11-26, debug build: initialisation 64.4 %, trained
-# 77.4 % (+13.0). With the bugs LEWEL_FAULT injects (lib/src/fault.rs): detach-backbone 42.0 % (-22.4),
-# frozen-ema 70.9 % (+6.5), negated-loss 49.8 % (-14.6; 60.9 % with the release build, where the rest is the
-# same: the ascent is chaotic). MARGIN 9.5 sits between the frozen EMA (the hardest to catch: MoCo still
-# learns something against a random key encoder) and the real run.
+# Two families, one script: FAMILY=moco (this file, run by e2e) and FAMILY=byol (learning-guard-byol.sh).
+#
+# moco: LEWEL_M, ResNet-18 width 8, batch 64, 12 epochs (372 steps), queue 1024, EMA momentum 0.9. Measured on
+# the 2-core build machine, 2026-11-26, debug build: initialisation 64.4 %, trained 77.4 % (+13.0). With the
+# bugs LEWEL_FAULT injects (lib/src/fault.rs): detach-backbone 42.0 % (-22.4), frozen-ema 70.9 % (+6.5),
+# negated-loss 49.8 % (-14.6; 60.9 % with the release build, where the rest is the same: the ascent is
+# chaotic). MARGIN 9.5 sits between the frozen EMA (the hardest to catch: MoCo still learns something against
+# a random key encoder) and the real run.
+#
+# byol: LEWEL_B from the small-lewelb preset (the held-out search of benches/learning/2026-12-07-cpu-guard-sweep:
+# LARS eta 0.02 clipped, lr 2, EMA of the parameters at 0.9), width 8, batch 64; its figures are in
+# learning-guard-byol.sh.
 #
 # GUARD_CONTROLS=1 also runs the three faulty trainings and requires each one to MISS the margin (3 more
-# minutes): `make guard-controls`.
+# minutes per family): `make guard-controls`.
 set -euo pipefail
 F=$FIXTURES/fashion-mnist-2k
 TRAIN=$F/train-images-idx3-ubyte.gz TEST=$F/t10k-images-idx3-ubyte.gz
-MARGIN=${MARGIN:-9.5}
-RECIPE=(--preset small-lewelm --width 8 --batch-size 64 --epochs 12 --queue-size 1024 --ema-momentum 0.9
-  --device cpu --log-every 31 --quiet)
+case ${FAMILY:-moco} in
+  moco)
+    MARGIN=${MARGIN:-9.5}
+    RECIPE=(--preset small-lewelm --width 8 --batch-size 64 --epochs 12 --queue-size 1024 --ema-momentum 0.9
+      --device cpu --log-every 31 --quiet) ;;
+  byol)
+    MARGIN=${MARGIN:-$BYOL_MARGIN}
+    RECIPE=(--preset small-lewelb --width 8 --batch-size 64 --epochs "$BYOL_EPOCHS" --device cpu --log-every 31 --quiet) ;;
+  *) echo "unknown FAMILY=$FAMILY (moco or byol)"; exit 2 ;;
+esac
 
 knn() { # knn RUN: top-1 % of the weighted kNN of RUN's newest checkpoint on the fixture
   "$BIN/knn-probe" --ckpt "$1/ckpt/latest" --train-data "$TRAIN" --val-data "$TEST" --k 20 --temperature 0.07 --device cpu -q |

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Summary of scripts/learn-fmnist.sh: WORK OUT EPOCHS -> OUT/summary.json and OUT/summary.md.
+"""Summary of scripts/learn-fmnist.sh: WORK OUT EPOCHS [DATA] -> OUT/summary.json and OUT/summary.md.
 
 Reads each task folder of WORK (<method>-s<seed>, random-s<seed>, supervised-s<seed>, raw-pixels): the
 probes' results (eval/knn.json, eval/linear.json), the pre-training events (pretrain.jsonl) and the
@@ -13,7 +13,7 @@ import sys
 ORDER = ["random", "raw-pixels", "lewel-b", "byol", "lewel-m", "mocov2", "supervised"]
 LABEL = {
     "random": "random init (no training)",
-    "raw-pixels": "raw pixels (784 values)",
+    "raw-pixels": "raw pixels",
     "lewel-b": "LEWEL_B",
     "byol": "BYOL",
     "lewel-m": "LEWEL_M",
@@ -99,6 +99,7 @@ def fmt(vals):
 
 def main():
     work, out, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    data = sys.argv[4] if len(sys.argv) > 4 else "Fashion-MNIST, 60,000 training images, 10,000 test images"
     names = sorted(n for n in os.listdir(work) if os.path.isdir(os.path.join(work, n)))
     recs = [task(work, n) for n in names]
     rows = []
@@ -119,7 +120,7 @@ def main():
                 "pretrain_s": [r["pretrain_s"] for r in rs if "pretrain_s" in r],
             }
         )
-    summary = {"epochs": epochs, "tasks": recs, "rows": rows}
+    summary = {"data": data, "epochs": epochs, "tasks": recs, "rows": rows}
     tmp = os.path.join(out, "summary.json.tmp")
     with open(tmp, "w") as f:
         json.dump(summary, f, indent=1)
@@ -127,7 +128,7 @@ def main():
 
     dev = sorted({str(r.get("device")) for r in recs if r.get("device")})
     lines = [
-        f"Fashion-MNIST, 60,000 training images (labels unused by the self-supervised rows), 10,000 test images; "
+        f"{data} (labels unused by the self-supervised rows); "
         f"{epochs} epochs for every trained row; device {', '.join(dev) or '?'}.",
         "kNN: k 20, T 0.07, cosine, on the frozen backbone's pooled features. Linear: the LEWEL_B protocol "
         "(SGD lr 0.4, batch 256, 50 epochs, x0.1 at 30 and 40) on standardised features, FINAL epoch. "

@@ -1144,9 +1144,11 @@ pub const PRESETS: &[&str] = &[
 ///   official per-GPU BN on 8 GPUs.
 /// - `in1k-lewelb-syncbn-400ep`: `scripts/srun_lewelb.sh`: batch 4096, lr 7.2, wd 1e-6, momentum 0.996,
 ///   400 epochs, EMA of parameters (LEWELB), BN over the whole batch (SyncBN).
-/// - `small-lewelb` / `small-byol`: what a 2-core CPU can run, from `reference/small-scale-notes.md`
-///   (the setting that did not collapse there): ResNet-18, CIFAR stem, width 16, K 128, hidden 512,
-///   G 4, batch 256, LARS lr 0.3, wd 1e-5, base momentum 0.996, warm-up 2 of 10 epochs.
+/// - `small-lewelb` / `small-byol`: what a 2-core CPU can run, chosen by a search on held-out data
+///   (`benches/learning/2026-12-07-cpu-guard-sweep`): ResNet-18, CIFAR stem, width 16, K 128, hidden 512,
+///   G 4, batch 64, LARS eta 0.02 clipped at the base lr (`--lars-clip`), lr 2.0, wd 1e-5, EMA of the
+///   parameters with base momentum 0.9 (cosine to 1), warm-up 1 of 10 epochs. The earlier preset (EMAN 0.996,
+///   eta 0.001, lr 0.3) ended below its random backbone.
 /// - `in1k-lewelm-200ep`: LEWEL_M as the paper states it (§1.9): ResNet-50, K 128, hidden 2048, G 4, SGD
 ///   momentum 0.9, batch 256, lr 0.06, wd 1e-4, cosine without warm-up, 200 epochs, fixed momentum 0.999 (EMA of
 ///   parameters, target BN in train mode with ShuffleBN), τ 0.2, queue 65536; BN over 8 slices of 32, as MoCo's
@@ -1199,14 +1201,17 @@ pub fn preset(name: &str) -> Result<PretrainConfig> {
         temperature: 0.2,
         queue_size: 4096,
     };
+    // The held-out search of benches/learning/2026-12-07-cpu-guard-sweep: an EMA of the parameters (target BN
+    // in train mode) instead of EMAN, a fast target (base momentum 0.9) and LARS with eta 0.02 clipped at
+    // the base lr, so that the convolutions move (the official eta 0.001 left them at their initialisation).
     let small = PretrainConfig {
-        model: small_model.clone(),
-        optim: lars(1e-5, EmaMode::Eman),
-        lr: 0.3,
-        warmup_epochs: 2,
+        model: ModelConfig { ema: EmaMode::Params, ..small_model.clone() },
+        optim: OptimConfig { eta: 0.02, clip: true, ..lars(1e-5, EmaMode::Params) },
+        lr: 2.0,
+        warmup_epochs: 1,
         epochs: 10,
-        batch_size: 256,
-        ema_momentum: 0.996,
+        batch_size: 64,
+        ema_momentum: 0.9,
         keep_every_epochs: 0,
         ..base.clone()
     };
@@ -1242,6 +1247,7 @@ pub fn preset(name: &str) -> Result<PretrainConfig> {
         optim: sgd(5e-4),
         lr: 0.06,
         warmup_epochs: 0,
+        batch_size: 256,
         ema_momentum: 0.99,
         ema_schedule: EmaSchedule::Constant,
         ..small.clone()
@@ -1258,7 +1264,7 @@ pub fn preset(name: &str) -> Result<PretrainConfig> {
             ..base
         },
         "small-lewelb" => small,
-        "small-byol" => PretrainConfig { model: ModelConfig { method: Method::Byol, ..small_model }, ..small },
+        "small-byol" => PretrainConfig { model: ModelConfig { method: Method::Byol, ..small.model.clone() }, ..small },
         "in1k-lewelm-200ep" => lewelm,
         "in1k-mocov2-200ep" => {
             PretrainConfig { model: ModelConfig { method: Method::MocoV2, ..lewelm.model }, ..lewelm }
