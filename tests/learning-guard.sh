@@ -36,6 +36,8 @@ knn() { # knn RUN: top-1 % of the weighted kNN of RUN's newest checkpoint on the
   "$BIN/knn-probe" --ckpt "$1/ckpt/latest" --train-data "$TRAIN" --val-data "$TEST" --k 20 --temperature 0.07 --device cpu -q |
     jq -r 'select(.event == "end") | .best_top1_pct'
 }
+# falls EVENTS: the last epoch's mean loss lies in [0, half the first epoch's] (the BYOL family's loss is >= 0)
+falls() { jq -s '[.[] | select(.event == "epoch") | .loss_mean] | .[-1] >= 0 and .[-1] <= .[0] / 2' "$1" | grep -q true; }
 above() { awk -v a="$1" -v b="$2" -v m="$MARGIN" 'BEGIN { exit !(a >= b + m) }'; }
 
 "$BIN/pretrain" "$TRAIN" "${RECIPE[@]}" --max-steps 0 --out init >/dev/null
@@ -57,13 +59,18 @@ echo "trained: kNN top-1 $trained % (must be at least $init + $MARGIN)"
 jq -c 'select(.event == "epoch") | [.epoch, .loss_mean]' run.jsonl | tr '\n' ' '
 echo
 above "$trained" "$init" || { echo "FAIL: the pre-training did not lift kNN by $MARGIN points"; exit 1; }
+if [ "${FAMILY:-moco}" = byol ]; then
+  falls run.jsonl || { echo "FAIL: the loss did not fall to half its first epoch's mean"; exit 1; }
+fi
 
 if [ "${GUARD_CONTROLS:-0}" = 1 ]; then
   for fault in detach-backbone frozen-ema negated-loss; do
     got=$(train "ctl-$fault" "$fault")
     echo "control $fault: kNN top-1 $got %"
     case $got in failed*) continue ;; esac
-    if above "$got" "$init"; then echo "FAIL: the guard misses $fault"; exit 1; fi
+    if above "$got" "$init" && { [ "${FAMILY:-moco}" != byol ] || falls "ctl-$fault.jsonl"; }; then
+      echo "FAIL: the guard misses $fault"; exit 1
+    fi
   done
 fi
 echo "learning guard: ok"
