@@ -70,6 +70,34 @@ impl RunDir {
         serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", p.display()))
     }
 
+    /// Removes what a start that was refused before its first step left here (`config.json`, `events.jsonl`,
+    /// an empty `ckpt/`, and the folder itself when `created` says this start made it and it is empty now), so
+    /// that the corrected command can use the same folder. A folder that holds a checkpoint, or whose events
+    /// hold a step, is a run that started: it is left as it is. Returns whether anything was removed.
+    pub fn remove_if_unstarted(&self, created: bool) -> Result<bool> {
+        let ckpt = self.ckpt_dir();
+        let has_ckpt = std::fs::read_dir(&ckpt).map(|mut d| d.next().is_some()).unwrap_or(false);
+        let stepped = std::fs::read_to_string(self.events_path())
+            .map(|t| t.lines().any(|l| l.contains("\"event\":\"step\"")))
+            .unwrap_or(false);
+        if has_ckpt || stepped {
+            return Ok(false);
+        }
+        for f in [self.config_path(), self.events_path()] {
+            match std::fs::remove_file(&f) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("could not remove {}", f.display()))
+                }
+                _ => {}
+            }
+        }
+        let _ = std::fs::remove_dir(&ckpt);
+        if created {
+            let _ = std::fs::remove_dir(&self.root);
+        }
+        Ok(true)
+    }
+
     /// An event writer to stdout with a copy appended to `events.jsonl`.
     pub fn event_writer(&self, tool: &str) -> Result<EventWriter> {
         let p = self.events_path();
@@ -99,6 +127,33 @@ mod tests {
         w.emit(&Event::new("test", "end")).unwrap();
         w.flush_copy().unwrap();
         assert!(std::fs::read_to_string(run.events_path()).unwrap().contains("\"event\":\"end\""));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn an_unstarted_run_is_removed_and_a_started_one_kept() {
+        let d = std::env::temp_dir().join(format!("lewel-run-unstarted-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let run = RunDir::create(&d).unwrap();
+        run.write_config(&serde_json::json!({"lr": 0.1})).unwrap();
+        std::fs::write(run.events_path(), "{\"event\":\"start\"}\n").unwrap();
+        assert!(run.remove_if_unstarted(true).unwrap());
+        assert!(!d.exists());
+        // a folder the user made, with a file of theirs: only ours goes
+        let run = RunDir::create(&d).unwrap();
+        std::fs::write(d.join("notes.txt"), "mine").unwrap();
+        run.write_config(&serde_json::json!({})).unwrap();
+        assert!(run.remove_if_unstarted(false).unwrap());
+        assert!(d.join("notes.txt").exists() && !run.config_path().exists() && !run.ckpt_dir().exists());
+        // a step was taken, or a checkpoint written: kept
+        let run = RunDir::create(&d).unwrap();
+        run.write_config(&serde_json::json!({})).unwrap();
+        std::fs::write(run.events_path(), "{\"v\":1,\"event\":\"step\",\"step\":1}\n").unwrap();
+        assert!(!run.remove_if_unstarted(true).unwrap());
+        std::fs::write(run.events_path(), "").unwrap();
+        std::fs::write(run.ckpt_dir().join("latest"), "x").unwrap();
+        assert!(!run.remove_if_unstarted(true).unwrap());
+        assert!(run.config_path().exists());
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -369,8 +369,10 @@ fn run(args: Args) -> Result<()> {
             Some(Method::MocoV2) => "in1k-mocov2-200ep",
             _ => train::DEFAULT_PRESET,
         };
-        let base = train::preset(args.preset.as_deref().unwrap_or(default_preset))?;
+        let preset = args.preset.as_deref().unwrap_or(default_preset);
+        let base = train::preset(preset)?;
         let mut cfg = args.apply(base)?;
+        check_bn_splits(&cfg, preset, args.preset.is_some(), args.bn_splits.is_some())?;
         if !args.seed_given() {
             cfg.seed = args.common.seed;
         }
@@ -384,6 +386,7 @@ fn run(args: Args) -> Result<()> {
             let run_dir = RunDir::open(out)?;
             return train_with(&args, cfg, run_dir, opts);
         }
+        let created = !out.exists();
         let run_dir = RunDir::create(out)?;
         if run_dir.config_path().exists() {
             anyhow::bail!(
@@ -393,10 +396,34 @@ fn run(args: Args) -> Result<()> {
         }
         run_dir.write_config(&serde_json::json!({ "pretrain": cfg }))?;
         lewel::dist::barrier()?;
-        (cfg, run_dir)
+        let result = train_with(&args, cfg, run_dir.clone(), opts);
+        // A start refused before its first step (a setting that does not fit the data, an unreadable input)
+        // leaves nothing that would block the corrected command on the same --out.
+        if result.is_err() && matches!(run_dir.remove_if_unstarted(created), Ok(true)) {
+            eprintln!("pretrain: the run did not start; nothing was kept in {}", out.display());
+        }
+        return result;
     };
 
     train_with(&args, cfg, run_dir, opts)
+}
+
+/// The batch must split into `bn_splits` equal BN slices. The error names where the value came from: a preset the
+/// user chose, the default preset (which emulates 8 GPUs' BN), or the flag.
+fn check_bn_splits(cfg: &PretrainConfig, preset: &str, chosen: bool, flag: bool) -> Result<()> {
+    let (b, s) = (cfg.batch_size, cfg.model.bn_splits.max(1) as usize);
+    if b % s == 0 {
+        return Ok(());
+    }
+    let origin = if flag {
+        format!("--batch-size {b} is not a multiple of --bn-splits {s}")
+    } else {
+        let which = if chosen { format!("the preset {preset}") } else { format!("the default preset {preset}") };
+        format!(
+            "--batch-size {b} does not split into BN slices: {which} sets --bn-splits {s} ({s} GPUs' BN on one device)"
+        )
+    };
+    Err(lewel::LewelError::Usage(format!("{origin}; give --bn-splits 1, or a --batch-size divisible by {s}")).into())
 }
 
 /// Trains (rank 0 with the events and the progress bar; the other ranks silent) and leaves the process group.

@@ -291,3 +291,39 @@ fn data_input_resume_is_bit_exact_across_thread_counts() {
     assert_eq!(got.len(), 12);
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn a_refused_start_names_the_preset_and_leaves_nothing_behind() {
+    let d = scratch("refused-start");
+    let v = views(&d);
+    let (vs, out) = (v.to_str().unwrap(), d.join("run"));
+    let o = out.to_str().unwrap();
+    let base = ["--views", vs, "--out", o, "--width", "4", "--proj-dim", "16", "--hidden-dim", "32", "--quiet"];
+    let run = |extra: &[&str]| pretrain(&[&base[..], extra].concat());
+    // a BN split the user never chose: the message names the preset, the flag and the ways out
+    for (extra, want) in [
+        (&["--batch-size", "6"][..], "the default preset in1k-lewelb-eman-200ep sets --bn-splits 8"),
+        (&["--preset", "small-lewelm", "--batch-size", "6"][..], "the preset small-lewelm sets --bn-splits 8"),
+        (&["--bn-splits", "4", "--batch-size", "6"][..], "--batch-size 6 is not a multiple of --bn-splits 4"),
+    ] {
+        let r = run(extra);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(2), "{extra:?}: {err}");
+        assert!(err.contains(want) && err.contains("give --bn-splits 1, or a --batch-size divisible by"), "{err}");
+        assert!(!out.exists(), "{extra:?}: a refused start made {o}");
+    }
+    // refused after the folder was made (the queue against the data): nothing is kept, in a folder of the user's
+    // their own files stay, and the corrected command runs on the same --out
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("notes.txt"), "mine").unwrap();
+    let moco = ["--preset", "small-lewelm", "--bn-splits", "1", "--batch-size", "4", "--max-steps", "1"];
+    let r = run(&moco);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(2), "{err}");
+    assert!(err.contains("--queue-size 4096") && err.contains("nothing was kept"), "{err}");
+    assert!(out.join("notes.txt").exists() && !out.join("config.json").exists() && !out.join("events.jsonl").exists());
+    let r = run(&[&moco[..], &["--queue-size", "8"]].concat());
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(out.join("ckpt/latest").exists());
+    let _ = std::fs::remove_dir_all(&d);
+}
