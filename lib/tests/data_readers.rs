@@ -247,3 +247,36 @@ fn bad_data_items_fail_one_by_one_and_the_rest_load() {
     }
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn a_folder_of_idx_or_npy_files_says_which_file_to_give() {
+    let d = scratch("data-folder-hint");
+    let idx = d.join("fmnist");
+    std::fs::create_dir_all(&idx).unwrap();
+    for n in ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte.gz", "README"] {
+        std::fs::write(idx.join(n), b"x").unwrap();
+    }
+    let err = format!("{:#}", open(&DataSpec::new(&idx)).err().expect("no images in the folder"));
+    assert!(err.contains("this folder holds IDX files"), "{err}");
+    assert!(err.contains(&format!("give {}", idx.join("train-images-idx3-ubyte").display())), "{err}");
+    assert!(err.contains("t10k-images-idx3-ubyte.gz for the test split"), "{err}");
+    let npy = d.join("scenes");
+    std::fs::create_dir_all(&npy).unwrap();
+    for n in ["train.npy", "train.labels.npy", "train.masks.npy"] {
+        std::fs::write(npy.join(n), b"x").unwrap();
+    }
+    let err = format!("{:#}", open(&DataSpec::new(&npy)).err().unwrap());
+    assert!(
+        err.contains(&format!("holds a .npy data array, not images: give {}", npy.join("train.npy").display())),
+        "{err}"
+    );
+    std::fs::write(npy.join("test.npy"), b"x").unwrap();
+    let err = format!("{:#}", open(&DataSpec::new(&npy)).err().unwrap());
+    assert!(err.contains("give one of") && err.contains("test.npy") && !err.contains("labels.npy"), "{err}");
+    // a folder with neither keeps the general message
+    let other = d.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), b"x").unwrap();
+    assert!(format!("{:#}", open(&DataSpec::new(&other)).err().unwrap()).contains("no images found"));
+    let _ = std::fs::remove_dir_all(&d);
+}

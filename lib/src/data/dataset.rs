@@ -102,6 +102,9 @@ pub fn open(spec: &DataSpec) -> Result<Arc<dyn Dataset>> {
         }
     };
     if ds.is_empty() {
+        if let Some(hint) = meta.is_dir().then(|| data_files_hint(path)).flatten() {
+            bail!("DATA {}: {hint}", path.display());
+        }
         bail!(
             "DATA {}: no images found ({}); give a folder of .jpg/.png/.webp files, a list file, IDX or .npy data",
             path.display(),
@@ -109,6 +112,42 @@ pub fn open(spec: &DataSpec) -> Result<Arc<dyn Dataset>> {
         );
     }
     Ok(ds)
+}
+
+/// What to give instead of a folder without images that holds data files: IDX files (torchvision's raw MNIST and
+/// Fashion-MNIST layout) or `.npy` image arrays (labels, masks and boxes beside them do not count). `None` when
+/// it holds neither.
+fn data_files_hint(dir: &Path) -> Option<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let join = |n: &str| dir.join(n).display().to_string();
+    let idx: Vec<&String> = names.iter().filter(|n| n.contains("images-idx3-ubyte")).collect();
+    if !idx.is_empty() {
+        let train = idx.iter().find(|n| n.starts_with("train")).unwrap_or(&idx[0]);
+        let mut hint =
+            format!("this folder holds IDX files, not images: give {} (IDX data are read as a file)", join(train));
+        if let Some(test) = idx.iter().find(|n| n.starts_with("t10k") || n.starts_with("test")) {
+            hint += &format!(", or {} for the test split", join(test));
+        }
+        return Some(hint);
+    }
+    let npy: Vec<&String> = names
+        .iter()
+        .filter(|n| n.ends_with(".npy") && ![".labels.npy", ".masks.npy", ".boxes.npy"].iter().any(|x| n.ends_with(x)))
+        .collect();
+    match npy.as_slice() {
+        [] => None,
+        [one] => Some(format!("this folder holds a .npy data array, not images: give {}", join(one))),
+        many => Some(format!(
+            "this folder holds .npy data arrays, not images: give one of {}",
+            many.iter().map(|n| join(n)).collect::<Vec<_>>().join(", ")
+        )),
+    }
 }
 
 /// The image extensions looked for in folders.

@@ -327,3 +327,16 @@ fn a_refused_start_names_the_preset_and_leaves_nothing_behind() {
     assert!(out.join("ckpt/latest").exists());
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn a_folder_of_idx_files_names_the_file_to_give() {
+    let d = scratch("idx-folder");
+    let fm = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/fashion-mnist-tiny");
+    let out = d.join("run");
+    let r = pretrain(&[fm, "--out", out.to_str().unwrap(), "--preset", "small-lewelb", "--quiet"]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{err}");
+    assert!(err.contains("this folder holds IDX files") && err.contains("train-images-idx3-ubyte"), "{err}");
+    assert!(!out.exists(), "the refused start left {}", out.display());
+    let _ = std::fs::remove_dir_all(&d);
+}
