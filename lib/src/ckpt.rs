@@ -307,8 +307,9 @@ pub fn prune(dir: &Path, keep_last: usize, keep_every_epochs: u64) -> Result<Vec
 pub const TASK_HEAD_PREFIX: &str = "fc.";
 
 /// Loads a full model state (official naming; `optimizer.*` entries are left to the optimiser, `fc.*` to the task),
-/// naming `path` in the error that lists missing, unexpected and mis-shaped keys.
-pub fn load_model_state(model: &Lewel, tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+/// naming `path` in the error that lists missing, unexpected and mis-shaped keys. Returns how many BatchNorm
+/// `num_batches_tracked` counters the state lacked (set to 0, as PyTorch does), for the caller to warn about.
+pub fn load_model_state(model: &Lewel, tensors: &HashMap<String, Tensor>, path: &Path) -> Result<usize> {
     let only_model: HashMap<String, Tensor> = tensors
         .iter()
         .filter(|(k, _)| !k.starts_with("optimizer.") && !k.starts_with(TASK_HEAD_PREFIX))

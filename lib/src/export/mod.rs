@@ -697,15 +697,15 @@ fn from_tensors(cfg: &ExportConfig, path: PathBuf, raw: RawInput, sink: &mut dyn
             other => other.into(),
         }
     };
-    if full {
-        model.load_state_dict(&map, true).map_err(keys_error)?;
+    let counters = if full {
+        model.load_state_dict(&map, true).map_err(keys_error)?
     } else {
         // Strict on the backbone: every backbone entry present, nothing else in the file.
         let names: Vec<String> = model.state_dict().into_iter().map(|(k, _)| k).collect();
         let missing: Vec<String> = names
             .iter()
             .filter(|k| k.starts_with(ONLINE_BACKBONE) || k.starts_with(TARGET_BACKBONE))
-            .filter(|k| !map.contains_key(*k))
+            .filter(|k| !map.contains_key(*k) && !k.ends_with(crate::model::lewel::NUM_BATCHES_TRACKED))
             .cloned()
             .collect();
         let known: std::collections::HashSet<&String> = names.iter().collect();
@@ -719,7 +719,10 @@ fn from_tensors(cfg: &ExportConfig, path: PathBuf, raw: RawInput, sink: &mut dyn
                 mismatched: Vec::new(),
             }));
         }
-        model.load_state_dict(&map, false).map_err(keys_error)?;
+        model.load_state_dict(&map, false).map_err(keys_error)?
+    };
+    if counters > 0 {
+        eprintln!("warning: {}", crate::train::counters_note(&path, counters));
     }
     Ok(Imported { kind, container, path, config_source: "inferred", step: 0, epoch, vs, model, fresh_heads })
 }

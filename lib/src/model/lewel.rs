@@ -434,12 +434,16 @@ impl Lewel {
     /// the entry's kind and device.
     ///
     /// The error's `path` is a placeholder (`<state dict>`): callers that read a file put its path there.
-    pub fn load_state_dict(&self, map: &HashMap<String, Tensor>, strict: bool) -> Result<(), LewelError> {
+    pub fn load_state_dict(&self, map: &HashMap<String, Tensor>, strict: bool) -> Result<usize, LewelError> {
         let entries = self.state_entries();
         let mut missing = Vec::new();
         let mut mismatched = Vec::new();
+        let mut counters = Vec::new();
         for e in &entries {
             match map.get(&e.name) {
+                // as PyTorch's BatchNorm loading: a state without its counters (older checkpoints, many
+                // conversion scripts) loads, with the counters at 0
+                None if e.name.ends_with(NUM_BATCHES_TRACKED) => counters.push(e.tensor.shallow_clone()),
                 None => missing.push(e.name.clone()),
                 Some(t) if t.size() != e.tensor.size() => mismatched.push((e.name.clone(), e.tensor.size(), t.size())),
                 Some(_) => {}
@@ -462,10 +466,17 @@ impl Lewel {
                     e.tensor.shallow_clone().copy_(src);
                 }
             }
+            for mut c in counters.iter().map(|c| c.shallow_clone()) {
+                let _ = c.zero_();
+            }
         });
-        Ok(())
+        Ok(counters.len())
     }
 }
+
+/// The name ending of BatchNorm's step counters, the one kind of entry a state may lack
+/// ([`Lewel::load_state_dict`] returns how many were missing and set to 0).
+pub const NUM_BATCHES_TRACKED: &str = "num_batches_tracked";
 
 /// One full training step, exactly as the official loop: loss of the two views, zero_grad, backward, optimizer
 /// step with `lr`, then the target's EMA update with momentum `m`. Returns the loss terms of the step (computed
@@ -770,6 +781,18 @@ mod tests {
         map2.insert("online_net.backbone.bn1.num_batches_tracked".into(), Tensor::from(5i64));
         model.load_state_dict(&map2, false).unwrap();
         assert_eq!(vs.variables()["online_net.backbone.bn1.num_batches_tracked"].int64_value(&[]), 5);
+        // a strict load of a state without its BN counters: accepted, counted, counters at 0
+        let full: HashMap<String, Tensor> = model.state_dict().into_iter().map(|(k, v)| (k, v.copy())).collect();
+        let n = full.keys().filter(|k| k.ends_with(NUM_BATCHES_TRACKED)).count();
+        let without: HashMap<String, Tensor> = full
+            .iter()
+            .filter(|(k, _)| !k.ends_with(NUM_BATCHES_TRACKED))
+            .map(|(k, v)| (k.clone(), v.shallow_clone()))
+            .collect();
+        assert!(n > 10);
+        assert_eq!(model.load_state_dict(&without, true).unwrap(), n);
+        assert_eq!(vs.variables()["online_net.backbone.bn1.num_batches_tracked"].int64_value(&[]), 0);
+        assert_eq!(model.load_state_dict(&full, true).unwrap(), 0);
     }
 
     #[test]

@@ -340,3 +340,35 @@ fn a_folder_of_idx_files_names_the_file_to_give() {
     assert!(!out.exists(), "the refused start left {}", out.display());
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn an_init_state_without_bn_counters_loads_with_one_warning() {
+    let d = scratch("init-no-counters");
+    let v = views(&d);
+    ok(&tiny(&v, &d.join("a"), &["--max-steps", "1"]));
+    let latest = std::fs::read_to_string(d.join("a/ckpt/latest")).unwrap();
+    let state = lewel::ckpt::read_safetensors(&d.join("a/ckpt").join(latest.trim())).unwrap();
+    let kept: Vec<(String, tch::Tensor)> = state
+        .into_iter()
+        .filter(|(k, _)| !k.ends_with("num_batches_tracked") && !k.starts_with("optimizer."))
+        .collect();
+    let init = d.join("init.safetensors");
+    lewel::fsio::write_bytes_atomic(&init, &lewel::ckpt::to_safetensors_bytes(&kept, None).unwrap()).unwrap();
+    let ev = ok(&tiny(&v, &d.join("b"), &["--init", init.to_str().unwrap(), "--max-steps", "1"]));
+    let warns: Vec<&Value> = ev.iter().filter(|e| e["event"] == "warn").collect();
+    assert_eq!(warns.len(), 1, "{warns:?}");
+    let m = warns[0]["message"].as_str().unwrap();
+    assert!(m.contains("num_batches_tracked") && m.contains("set to 0"), "{m}");
+    // any other missing key is still an error that lists it
+    let fewer: Vec<(String, tch::Tensor)> = kept
+        .iter()
+        .filter(|(k, _)| k != "online_net.backbone.conv1.weight")
+        .map(|(k, t)| (k.clone(), t.shallow_clone()))
+        .collect();
+    lewel::fsio::write_bytes_atomic(&init, &lewel::ckpt::to_safetensors_bytes(&fewer, None).unwrap()).unwrap();
+    let o = tiny(&v, &d.join("c"), &["--init", init.to_str().unwrap(), "--max-steps", "1"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("online_net.backbone.conv1.weight") && !err.contains("num_batches_tracked"), "{err}");
+    let _ = std::fs::remove_dir_all(&d);
+}
