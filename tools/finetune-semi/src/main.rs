@@ -153,6 +153,7 @@ impl Args {
 fn run(args: Args) -> Result<()> {
     let device = args.common.device.resolve()?;
     let opts = RunOptions::from_args(device, args.threads, &args.run, &args.amp)?;
+    let mut created = None;
     let (cfg, run_dir) = if let Some(dir) = &args.run.resume {
         let run_dir = RunDir::open(dir)?;
         let stored: SemiConfig = serde_json::from_value(run_dir.read_config()?["finetune_semi"].clone())
@@ -179,6 +180,7 @@ fn run(args: Args) -> Result<()> {
         base.seed = args.common.seed;
         let cfg = args.apply(base);
         let out = args.run.out.as_ref().expect("clap requires --out without --resume");
+        created = Some(!out.exists());
         let run_dir = RunDir::create(out)?;
         if run_dir.config_path().exists() {
             anyhow::bail!(
@@ -196,6 +198,14 @@ fn run(args: Args) -> Result<()> {
     let result = semi::run(&cfg, &opts, &run_dir, &mut sink, &mut progress);
     bar.finish_and_clear();
     let _ = sink.flush_copy();
+    drop(sink);
+    // A fresh start refused before its first step (a checkpoint or data that does not fit) leaves nothing that
+    // would block the corrected command on the same --out.
+    if let (Err(_), Some(created)) = (&result, created) {
+        if matches!(run_dir.remove_if_unstarted(created), Ok(true)) {
+            eprintln!("finetune-semi: the run did not start; nothing was kept in {}", run_dir.root().display());
+        }
+    }
     result.map(|_| ())
 }
 

@@ -271,6 +271,13 @@ fn bad_inputs_fail_clearly() {
     assert_eq!(out.status.code(), Some(2));
     let out = run_tool(BIN, &["--train-data", "x", "--val-data", "y", "--out", "z"]);
     assert_eq!(out.status.code(), Some(2));
+    // a start refused after the folder was made (no such checkpoint) keeps nothing: the corrected command runs
+    let r3 = d.join("r3");
+    let out = semi(&d.join("no-such-run"), &r3, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("nothing was kept") && !r3.exists(), "{err}");
+    ok(&semi(&ck, &r3, &["--epochs", "1", "--milestones", "1", "--eval-every", "1"]));
     std::fs::remove_dir_all(&d).unwrap();
 }
 
