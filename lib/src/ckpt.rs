@@ -323,6 +323,15 @@ pub fn load_model_state(model: &Lewel, tensors: &HashMap<String, Tensor>, path: 
     })
 }
 
+/// The warning for a state that lacked BatchNorm step counters (they were set to 0).
+pub fn counters_note(path: &Path, n: usize) -> String {
+    format!(
+        "{}: {n} BatchNorm num_batches_tracked counters are missing (older checkpoints and many conversion scripts drop \
+         them); they were set to 0, as PyTorch's BatchNorm loading does",
+        path.display()
+    )
+}
+
 /// A model restored from one of our checkpoints, for inference (`embed`, `viz-maps`, probes).
 pub struct Opened {
     pub vs: tch::nn::VarStore,

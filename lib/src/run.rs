@@ -98,6 +98,15 @@ impl RunDir {
         Ok(true)
     }
 
+    /// For a fresh start (`created`: whether it made the folder): when `result` is an error and the run never
+    /// started, removes what it wrote ([`RunDir::remove_if_unstarted`]) and tells stderr so. Returns `result`.
+    pub fn forget_if_refused<T>(&self, tool: &str, created: bool, result: Result<T>) -> Result<T> {
+        if result.is_err() && matches!(self.remove_if_unstarted(created), Ok(true)) {
+            eprintln!("{tool}: the run did not start; nothing was kept in {}", self.root.display());
+        }
+        result
+    }
+
     /// An event writer to stdout with a copy appended to `events.jsonl`.
     pub fn event_writer(&self, tool: &str) -> Result<EventWriter> {
         let p = self.events_path();

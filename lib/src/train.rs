@@ -985,7 +985,7 @@ pub fn run(
             let tensors: HashMap<String, Tensor> = ckpt::read_safetensors(init)?.into_iter().collect();
             let counters = ckpt::load_model_state(&model, &tensors, init)?;
             if counters > 0 {
-                sink.emit(&Event::new(TOOL, "warn").str("message", counters_note(init, counters)))?;
+                sink.emit(&Event::new(TOOL, "warn").str("message", ckpt::counters_note(init, counters)))?;
             }
         }
     }
@@ -1026,15 +1026,6 @@ pub fn run(
     };
     let mut task = PretrainTask::new(cfg, model, opt, opts, monitor)?;
     Ok(train_loop(&lc, &source, &mut task, opts, run_dir, sink, progress)?.checkpoint)
-}
-
-/// The warning for a state that lacked BatchNorm step counters (they were set to 0).
-pub fn counters_note(path: &std::path::Path, n: usize) -> String {
-    format!(
-        "{}: {n} BatchNorm num_batches_tracked counters are missing (older checkpoints and many conversion scripts drop \
-         them); they were set to 0, as PyTorch's BatchNorm loading does",
-        path.display()
-    )
 }
 
 /// The model configuration of this rank: `bn_splits` counts slices of the global batch, so each of N ranks

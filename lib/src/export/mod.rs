@@ -722,7 +722,7 @@ fn from_tensors(cfg: &ExportConfig, path: PathBuf, raw: RawInput, sink: &mut dyn
         model.load_state_dict(&map, false).map_err(keys_error)?
     };
     if counters > 0 {
-        eprintln!("warning: {}", crate::train::counters_note(&path, counters));
+        eprintln!("warning: {}", crate::ckpt::counters_note(&path, counters));
     }
     Ok(Imported { kind, container, path, config_source: "inferred", step: 0, epoch, vs, model, fresh_heads })
 }

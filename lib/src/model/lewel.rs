@@ -466,8 +466,8 @@ impl Lewel {
                     e.tensor.shallow_clone().copy_(src);
                 }
             }
-            for mut c in counters.iter().map(|c| c.shallow_clone()) {
-                let _ = c.zero_();
+            for c in &counters {
+                let _ = c.shallow_clone().zero_();
             }
         });
         Ok(counters.len())

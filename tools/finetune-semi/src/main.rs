@@ -201,11 +201,10 @@ fn run(args: Args) -> Result<()> {
     drop(sink);
     // A fresh start refused before its first step (a checkpoint or data that does not fit) leaves nothing that
     // would block the corrected command on the same --out.
-    if let (Err(_), Some(created)) = (&result, created) {
-        if matches!(run_dir.remove_if_unstarted(created), Ok(true)) {
-            eprintln!("finetune-semi: the run did not start; nothing was kept in {}", run_dir.root().display());
-        }
-    }
+    let result = match created {
+        Some(created) => run_dir.forget_if_refused(semi::TOOL, created, result),
+        None => result,
+    };
     result.map(|_| ())
 }
 

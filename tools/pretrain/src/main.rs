@@ -396,13 +396,9 @@ fn run(args: Args) -> Result<()> {
         }
         run_dir.write_config(&serde_json::json!({ "pretrain": cfg }))?;
         lewel::dist::barrier()?;
-        let result = train_with(&args, cfg, run_dir.clone(), opts);
         // A start refused before its first step (a setting that does not fit the data, an unreadable input)
         // leaves nothing that would block the corrected command on the same --out.
-        if result.is_err() && matches!(run_dir.remove_if_unstarted(created), Ok(true)) {
-            eprintln!("pretrain: the run did not start; nothing was kept in {}", out.display());
-        }
-        return result;
+        return run_dir.clone().forget_if_refused("pretrain", created, train_with(&args, cfg, run_dir, opts));
     };
 
     train_with(&args, cfg, run_dir, opts)
