@@ -91,7 +91,7 @@ if [ "$BENCH" = scenes ]; then
 else
   TRAIN=$(idx train-images-idx3-ubyte) TEST=$(idx t10k-images-idx3-ubyte)
 fi
-# subset: the first TRAIN_N training images (with their labels) as a file in WORK/data, made once; prints it.
+# subset: the first TRAIN_N training images (with their labels) as a file in OUT/data, made once; prints it.
 subset() {
   local sub=$OUT/data/first$TRAIN_N-images-idx3-ubyte
   case $TRAIN in *.npy) sub=$OUT/data/train-first$TRAIN_N.npy ;; esac
@@ -120,7 +120,7 @@ PYEOF
 }
 if [ "${1:-all}" != summary ]; then
   for f in "$TRAIN" "$TEST"; do
-    [ -f "$f" ] || { echo "learn-fmnist: $f is missing (apt-get install dataset-fashion-mnist, or set DATA)" >&2; exit 1; }
+    [ -f "$f" ] || { echo "learn-fmnist: $f is missing ($( [ "$BENCH" = scenes ] && echo "set SCENES to a folder made by benches/learning/make-scenes.sh" || echo "apt-get install dataset-fashion-mnist, or set DATA"))" >&2; exit 1; }
   done
   if [ -n "$TRAIN_N" ]; then TRAIN=$(subset) || exit 1; fi
 fi
