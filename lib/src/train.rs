@@ -70,6 +70,59 @@ pub struct PretrainConfig {
     /// The online kNN monitor (periodic evaluation), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub knn_monitor: Option<crate::monitor::KnnMonitorConfig>,
+    /// Every lengthening of the run (`pretrain --resume RUN --extend-epochs N`), oldest first; `epochs` is the
+    /// newest total. Empty for a run trained as planned.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extended: Vec<Extension>,
+}
+
+/// One lengthening of a run (`pretrain --resume RUN --extend-epochs N`), as `config.json` and the `start` event
+/// record it. The schedules computed from the run's length (the lr's cosine, the EMA momentum's cosine, the
+/// collapse watch's horizon, the final evaluation) follow `to_epochs` from `at_step` on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Extension {
+    /// The epochs the run was planned for until then.
+    pub from_epochs: u64,
+    /// The new total number of epochs.
+    pub to_epochs: u64,
+    /// The global step of the checkpoint the lengthened run continued from (0: it had none and started over).
+    pub at_step: u64,
+}
+
+impl Extension {
+    /// The warning of a lengthening (a `warn` event and a line on stderr).
+    pub fn note(&self) -> String {
+        format!(
+            "the run is extended from {} to {} epochs at step {}: the lr and EMA-momentum schedules are recomputed \
+             for {} epochs from here on, so its lr and EMA curves differ from those of a run planned for {} epochs \
+             from the start (the lr continues from the value a {}-epoch cosine has here, not from the end of the old one)",
+            self.from_epochs, self.to_epochs, self.at_step, self.to_epochs, self.to_epochs, self.to_epochs
+        )
+    }
+}
+
+/// The configuration of a run lengthened to `to_epochs` in all (`pretrain --resume RUN --extend-epochs N`): `epochs`
+/// becomes `to_epochs` and the lengthening is recorded in `extended`, at the step of the checkpoint a resume of
+/// `run_dir` continues from (the loop loads the same one). `to_epochs` is the new total, so it must exceed the
+/// run's epochs. `--max-steps` still counts global steps from the run's start.
+pub fn extend(cfg: &PretrainConfig, run_dir: &RunDir, to_epochs: u64) -> Result<PretrainConfig> {
+    if to_epochs <= cfg.epochs {
+        return Err(LewelError::Usage(format!(
+            "--extend-epochs {to_epochs}: the run in {} is planned for {} epochs already; --extend-epochs gives the \
+             new total, so give more than {}",
+            run_dir.root().display(),
+            cfg.epochs,
+            cfg.epochs
+        ))
+        .into());
+    }
+    // The checkpoint is read (and verified) once more here: a lengthening is rare, and the step recorded must be
+    // the one the loop resumes from, not `latest`'s (which may be damaged).
+    let at_step = ckpt::find_resumable(&run_dir.ckpt_dir()).map_or(0, |(l, _)| l.sidecar.step);
+    let mut out = cfg.clone();
+    out.extended.push(Extension { from_epochs: cfg.epochs, to_epochs, at_step });
+    out.epochs = to_epochs;
+    Ok(out)
 }
 
 /// Where the view pairs come from.
@@ -957,6 +1010,12 @@ pub fn run(
     sink: &mut dyn EventSink,
     progress: &mut dyn FnMut(&StepReport),
 ) -> Result<PathBuf> {
+    // a lengthening this resume makes (`extend`): the configuration has more of them than the folder's
+    let stored = if opts.resume { Some(run_dir.read_config()?) } else { None };
+    let extension = stored.as_ref().and_then(|s| {
+        let before = s["pretrain"]["extended"].as_array().map_or(0, Vec::len);
+        cfg.extended.get(before..).and_then(|new| new.last()).cloned()
+    });
     let opts = &prepare_resume(opts, run_dir, TOOL, sink)?;
     let source = Source::open(&cfg.input, cfg, opts.threads, opts.device)?;
     if cfg.batch_size == 0 {
@@ -992,8 +1051,14 @@ pub fn run(
 
     let cfg_json = serde_json::to_value(cfg)?;
     let described = source.describe();
-    if opts.resume {
-        let stored = run_dir.read_config()?;
+    if let Some(e) = &extension {
+        sink.emit(&Event::new(TOOL, "warn").str("message", e.note()))?;
+    }
+    if let (true, Some(stored)) = (opts.resume, &stored) {
+        if extension.is_some() && crate::dist::is_main() {
+            // the data the run started with stay recorded (the check below compares against them)
+            run_dir.write_config(&serde_json::json!({ "pretrain": cfg_json, "data": stored["data"] }))?;
+        }
         if stored.get("data").is_some_and(|d| *d != described) {
             sink.emit(&Event::new(TOOL, "warn").str(
                 "message",
@@ -1187,6 +1252,7 @@ pub fn preset(name: &str) -> Result<PretrainConfig> {
         input: Input::Views { path: PathBuf::new() },
         init: None,
         knn_monitor: None,
+        extended: Vec::new(),
     };
     let small_model = ModelConfig {
         method: Method::LewelB,

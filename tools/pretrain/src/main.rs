@@ -17,6 +17,7 @@ use lewel::train::{self, Input, PretrainConfig, RunOptions};
 const EXAMPLE: &str = "  augment images/ --recipe lewel-b-small --out views.npy
   pretrain --views views.npy --preset small-lewelb --epochs 20 --out run1 | jq -c 'select(.event==\"epoch\")'
   pretrain --resume run1            # after a crash or Ctrl-C: continues bit-exactly
+  pretrain --resume run1 --extend-epochs 40   # a finished 20-epoch run, trained on to 40 epochs in all
   pretrain train/ --device cuda --precision bf16 --channels-last --out run2   # on a GPU
   embed --ckpt run1/ckpt/latest --data val/ --out val.npy";
 
@@ -152,6 +153,14 @@ struct Args {
     /// Epochs (official 200).
     #[arg(long)]
     epochs: Option<u64>,
+    /// With --resume: lengthen the run to N epochs in all (N is the new total, not the epochs to add; more than
+    /// the run's epochs). The run continues from its newest checkpoint with the lr and EMA-momentum schedules
+    /// recomputed for N epochs, so their curves differ from those of a run planned for N epochs from the start
+    /// (a `warn` event says so); config.json and the `start` event record the lengthening (`extended`: from_epochs,
+    /// to_epochs, at_step). A later plain --resume continues the lengthened run; it can be lengthened again. Every
+    /// other training flag must still agree with the run. --max-steps counts steps from the run's start.
+    #[arg(long, value_name = "N", requires = "resume", conflicts_with = "epochs")]
+    extend_epochs: Option<u64>,
     /// Images per step, the global batch (official 1024).
     #[arg(long)]
     batch_size: Option<usize>,
@@ -352,14 +361,32 @@ fn run(args: Args) -> Result<()> {
             .with_context(|| format!("{}: not a pretrain configuration", run_dir.config_path().display()))?;
         let wanted = args.apply(stored.clone())?;
         if wanted != stored {
+            let changed = train::differences(&stored, &wanted);
+            let longer = if changed.len() == 1 && wanted.epochs > stored.epochs {
+                format!("; to train it further, give --extend-epochs {} instead of --epochs", wanted.epochs)
+            } else {
+                String::new()
+            };
             return Err(lewel::LewelError::Usage(format!(
-                "--resume {}: the flags given change the run's configuration ({}); a resume continues the same run, so give no training flags or start a new --out",
+                "--resume {}: the flags given change the run's configuration ({}); a resume continues the same run, so give no training flags or start a new --out{longer}",
                 dir.display(),
-                train::differences(&stored, &wanted).join(", ")
+                changed.join(", ")
             ))
             .into());
         }
-        (stored, run_dir)
+        let cfg = match args.extend_epochs {
+            Some(n) => {
+                let cfg = train::extend(&stored, &run_dir, n)?;
+                if main {
+                    if let Some(e) = cfg.extended.last() {
+                        eprintln!("pretrain: warning: {}", e.note());
+                    }
+                }
+                cfg
+            }
+            None => stored,
+        };
+        (cfg, run_dir)
     } else {
         if args.views.is_none() && args.data.is_none() {
             return Err(lewel::LewelError::Usage("give the input: DATA, or --views FILE.npy".into()).into());

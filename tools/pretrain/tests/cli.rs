@@ -372,3 +372,89 @@ fn an_init_state_without_bn_counters_loads_with_one_warning() {
     assert!(err.contains("online_net.backbone.conv1.weight") && !err.contains("num_batches_tracked"), "{err}");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// `--resume RUN --extend-epochs N`: a finished run trained on to N epochs in all, with the schedules recomputed for
+/// N, recorded in config.json and the `start` event; lengthened twice, the second time stopped mid-way (as a crash
+/// would) and continued by a plain `--resume`.
+#[test]
+fn a_finished_run_is_extended_recorded_and_continued_after_a_crash() {
+    let d = scratch("extend");
+    let v = views(&d);
+    let run = d.join("run");
+    let r = run.to_str().unwrap();
+    // 8 pairs at batch 4: 2 steps per epoch, 3 epochs (warm-up 1, lr 0.1, small-lewelb's EMA 0.9 cosine)
+    let first = ok(&tiny(&v, &run, &[]));
+    assert_eq!(first.last().unwrap()["status"], "finished");
+    let resume = |extra: &[&str]| pretrain(&[&["--resume", r, "--log-every", "1", "--quiet"][..], extra].concat());
+    let config = || -> Value { serde_json::from_slice(&std::fs::read(run.join("config.json")).unwrap()).unwrap() };
+    // refused: not longer than the run, with another changed flag, without --resume, with --epochs
+    for (extra, want) in [
+        (&["--extend-epochs", "3"][..], &["--extend-epochs 3", "planned for 3 epochs already", "more than 3"][..]),
+        (&["--extend-epochs", "2"][..], &["--extend-epochs 2", "planned for 3 epochs"][..]),
+        (&["--extend-epochs", "5", "--lr", "0.5"][..], &["lr: 0.1 -> 0.5", "give no training flags"][..]),
+        (&["--extend-epochs", "5", "--epochs", "5"][..], &["--extend-epochs", "--epochs", "cannot be used with"][..]),
+    ] {
+        let o = resume(extra);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {err}");
+        assert!(want.iter().all(|w| err.contains(w)), "{extra:?}: {err}");
+    }
+    let o = pretrain(
+        &[&common::tiny(&["--batch-size", "4"])[..], &["--views", v.to_str().unwrap(), "--extend-epochs", "5"]]
+            .concat(),
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("--extend-epochs") && err.contains("--resume"), "{err}");
+    // --epochs on a resume is refused as before, pointing at --extend-epochs
+    let o = resume(&["--epochs", "5"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("epochs: 3 -> 5") && err.contains("give --extend-epochs 5 instead of --epochs"), "{err}");
+    assert_eq!(config()["pretrain"]["epochs"], 3, "a refused extension changed config.json");
+
+    // 3 -> 5 epochs: steps 7..10, the lr and EMA momentum of a 5-epoch schedule
+    let o = resume(&["--extend-epochs", "5"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("warning: the run is extended from 3 to 5 epochs at step 6"));
+    let ext = ok(&o);
+    let warn = ext.iter().find(|e| e["event"] == "warn").expect("a warn event");
+    let m = warn["message"].as_str().unwrap();
+    assert!(
+        m.contains("from 3 to 5 epochs at step 6") && m.contains("differ from those of a run planned for 5"),
+        "{m}"
+    );
+    let start = &ext.iter().find(|e| e["event"] == "start").unwrap();
+    assert_eq!((start["start_step"].as_u64(), start["total_steps"].as_u64()), (Some(6), Some(10)));
+    assert_eq!(start["epochs"], 5);
+    let one = serde_json::json!([{"from_epochs": 3, "to_epochs": 5, "at_step": 6}]);
+    assert_eq!(serde_json::from_str::<Value>(start["extended"].as_str().unwrap()).unwrap(), one);
+    assert_eq!((config()["pretrain"]["epochs"].clone(), config()["pretrain"]["extended"].clone()), (5.into(), one));
+    let stepped: Vec<&Value> = ext.iter().filter(|e| e["event"] == "step").collect();
+    assert_eq!(stepped.iter().map(|e| e["step"].as_u64().unwrap()).collect::<Vec<_>>(), [7, 8, 9, 10]);
+    // step 7 is step 0 of epoch 3 (0-based) of 5, global step 6 (0-based) of 10
+    let lr = lewel::schedule::lr_at(0.1, 1, 5, 3, 0, 2);
+    assert_eq!(stepped[0]["lr"].as_f64(), Some(lr));
+    assert_eq!(stepped[0]["ema_momentum"].as_f64(), Some(lewel::schedule::ema_momentum(0.9, 6, 10)));
+    assert_eq!(ext.last().unwrap()["status"], "finished");
+    assert_eq!(std::fs::read_to_string(run.join("ckpt/latest")).unwrap().trim(), "step-00000010.safetensors");
+
+    // 5 -> 8 epochs, stopped at step 12 as a crash would stop it; a plain --resume continues the 8-epoch run
+    let part = ok(&resume(&["--extend-epochs", "8", "--max-steps", "12"]));
+    assert_eq!(part.last().unwrap()["status"], "max-steps");
+    let two = serde_json::json!([
+        {"from_epochs": 3, "to_epochs": 5, "at_step": 6},
+        {"from_epochs": 5, "to_epochs": 8, "at_step": 10}
+    ]);
+    assert_eq!(config()["pretrain"]["extended"], two);
+    let rest = ok(&resume(&[]));
+    assert!(rest.iter().all(|e| e["event"] != "warn"), "a plain resume warned again: {rest:?}");
+    let start = &rest[0];
+    assert_eq!((start["start_step"].as_u64(), start["total_steps"].as_u64()), (Some(12), Some(16)));
+    assert_eq!(serde_json::from_str::<Value>(start["extended"].as_str().unwrap()).unwrap(), two);
+    let stepped: Vec<&Value> = rest.iter().filter(|e| e["event"] == "step").collect();
+    assert_eq!(stepped.iter().map(|e| e["step"].as_u64().unwrap()).collect::<Vec<_>>(), [13, 14, 15, 16]);
+    assert_eq!(stepped[0]["lr"].as_f64(), Some(lewel::schedule::lr_at(0.1, 1, 8, 6, 0, 2)));
+    assert_eq!(stepped[0]["ema_momentum"].as_f64(), Some(lewel::schedule::ema_momentum(0.9, 12, 16)));
+    assert_eq!(rest.last().unwrap()["status"], "finished");
+    let _ = std::fs::remove_dir_all(&d);
+}
