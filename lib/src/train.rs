@@ -1002,10 +1002,100 @@ pub fn prepare_resume(opts: &RunOptions, run_dir: &RunDir, tool: &str, sink: &mu
     Ok(opts)
 }
 
-/// Runs (or resumes) pre-training. Returns the path of the final checkpoint.
+/// Where the values of a pre-training configuration came from: the preset (the user's or the default) or the
+/// run's `config.json`, and the flags the user gave. A value that does not fit the data or another setting is
+/// refused naming its source and the flag to change (a preset's queue of 4096 keys on a data set of 500 images
+/// reads as `--queue-size 4096 (set by the preset small-lewelm)`, not as if the user had typed it).
+#[derive(Debug, Clone, Default)]
+pub struct Origins {
+    /// `the preset small-lewelm`, `the default preset in1k-lewelb-eman-200ep`, `run1/config.json`; empty: unknown.
+    source: String,
+    /// The flags the user gave (`--queue-size`, ...).
+    given: Vec<&'static str>,
+}
+
+impl Origins {
+    /// Values from the preset `name` (`chosen`: named by `--preset`, else the default) under the flags `given`.
+    pub fn preset(name: &str, chosen: bool, given: Vec<&'static str>) -> Origins {
+        let which = if chosen { "the preset" } else { "the default preset" };
+        Origins { source: format!("{which} {name}"), given }
+    }
+
+    /// Values from a resumed run's configuration.
+    pub fn resumed(run_dir: &RunDir) -> Origins {
+        Origins { source: format!("the run's {}", run_dir.config_path().display()), given: Vec::new() }
+    }
+
+    /// `FLAG VALUE`, then where the value came from when the user did not give the flag.
+    pub fn value(&self, flag: &'static str, value: impl std::fmt::Display) -> String {
+        if self.given.contains(&flag) || self.source.is_empty() {
+            format!("{flag} {value}")
+        } else {
+            format!("{flag} {value} (set by {})", self.source)
+        }
+    }
+}
+
+/// The warm-up must end before the run does (else the lr never reaches `--lr`): `--warmup-epochs` 0, or fewer than
+/// `--epochs`. Checked at a fresh start, before anything is written.
+pub fn check_warmup(cfg: &PretrainConfig, origins: &Origins) -> Result<(), LewelError> {
+    let (w, e) = (cfg.warmup_epochs, cfg.epochs);
+    if w == 0 || w < e {
+        return Ok(());
+    }
+    Err(LewelError::Usage(format!(
+        "{} is not shorter than {}: the lr would still be warming up when the run ends and never reach --lr; give \
+         --warmup-epochs {} or less (0: no warm-up), or more --epochs",
+        origins.value("--warmup-epochs", w),
+        origins.value("--epochs", e),
+        e.saturating_sub(1)
+    )))
+}
+
+/// The batch and the MoCo key queue against the data: a batch no larger than the data set, and (LEWEL_M, MoCo v2)
+/// a queue that holds at least the `2 x batch` keys one step enqueues and at most the images one epoch uses (a
+/// longer queue would hold several keys of one image). Each refusal names where the value came from.
+pub fn check_fits_data(cfg: &PretrainConfig, images: usize, origins: &Origins) -> Result<(), LewelError> {
+    let batch = cfg.batch_size;
+    if batch == 0 {
+        return Err(LewelError::Usage(format!("{} must be at least 1", origins.value("--batch-size", batch))));
+    }
+    if images < batch {
+        return Err(LewelError::Usage(format!(
+            "{} is larger than the data set ({images} images); give --batch-size {images} or less",
+            origins.value("--batch-size", batch)
+        )));
+    }
+    if !cfg.model.method.contrastive() {
+        return Ok(());
+    }
+    let per_epoch = images / batch * batch;
+    let k = cfg.model.queue_size.max(0) as usize;
+    let (queue, batch_of) = (origins.value("--queue-size", k), origins.value("--batch-size", batch));
+    if k > per_epoch {
+        return Err(LewelError::Usage(format!(
+            "{queue} is larger than the data allows: the data set has {images} images, of which an epoch uses \
+             {per_epoch} at {batch_of}; a queue that long would hold several keys of one image; give --queue-size \
+             {per_epoch} or less"
+        )));
+    }
+    if k < 2 * batch {
+        return Err(LewelError::Usage(format!(
+            "{queue} is smaller than the {} keys one step enqueues (both views of {batch_of}); give --queue-size {} \
+             or more, or a smaller --batch-size",
+            2 * batch,
+            2 * batch
+        )));
+    }
+    Ok(())
+}
+
+/// Runs (or resumes) pre-training. Returns the path of the final checkpoint. `origins` says where the
+/// configuration's values came from, for the refusals of values that do not fit the data.
 pub fn run(
     cfg: &PretrainConfig,
     opts: &RunOptions,
+    origins: &Origins,
     run_dir: &RunDir,
     sink: &mut dyn EventSink,
     progress: &mut dyn FnMut(&StepReport),
@@ -1018,14 +1108,23 @@ pub fn run(
     });
     let opts = &prepare_resume(opts, run_dir, TOOL, sink)?;
     let source = Source::open(&cfg.input, cfg, opts.threads, opts.device)?;
-    if cfg.batch_size == 0 {
-        return Err(LewelError::Usage("--batch-size must be at least 1".into()).into());
+    check_fits_data(cfg, source.len(), origins)?;
+    let spe = (source.len() / cfg.batch_size) as u64;
+    let warmup_steps = cfg.warmup_epochs * spe;
+    if let (false, Some(m)) = (opts.resume, opts.max_steps) {
+        if m < warmup_steps && m < spe * cfg.epochs {
+            sink.emit(&Event::new(TOOL, "warn").str(
+                "message",
+                format!(
+                    "--max-steps {m} stops the run inside its warm-up ({} = {warmup_steps} steps): the lr has not \
+                     reached --lr {} yet; a later --resume continues the run, or give --warmup-epochs 0 for a short \
+                     run at the full lr",
+                    origins.value("--warmup-epochs", cfg.warmup_epochs),
+                    cfg.lr
+                ),
+            ))?;
+        }
     }
-    if source.len() < cfg.batch_size {
-        bail!("--batch-size {} is larger than the data set ({} images); lower it", cfg.batch_size, source.len());
-    }
-    let spe = source.len() / cfg.batch_size;
-    cfg.model.validate_for_data(source.len(), spe * cfg.batch_size, cfg.batch_size)?;
     let monitor = match &cfg.knn_monitor {
         Some(k) => Some(crate::monitor::KnnMonitor::open(k, &eval_recipe(cfg)?, opts.threads)?),
         None => None,
@@ -1362,4 +1461,53 @@ pub fn differences(a: &PretrainConfig, b: &PretrainConfig) -> Vec<String> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Method;
+
+    fn moco(queue: i64, batch: usize) -> PretrainConfig {
+        let mut c = preset("small-lewelm").unwrap();
+        c.model.queue_size = queue;
+        c.batch_size = batch;
+        c
+    }
+
+    #[test]
+    fn batch_and_queue_must_fit_the_data_and_name_their_source() {
+        let from_preset = Origins::preset("small-lewelm", true, Vec::new());
+        let err = check_fits_data(&moco(4096, 256), 1000, &from_preset).unwrap_err().to_string();
+        assert!(
+            err.contains("--queue-size 4096 (set by the preset small-lewelm)")
+                && err.contains("1000 images")
+                && err.contains("give --queue-size 768 or less"),
+            "{err}"
+        );
+        let typed = Origins::preset("small-lewelm", true, vec!["--queue-size", "--batch-size"]);
+        let err = check_fits_data(&moco(4096, 4096), 100_000, &typed).unwrap_err().to_string();
+        assert!(err.contains("--queue-size 4096 is smaller") && err.contains("8192"), "{err}");
+        assert!(check_fits_data(&moco(4096, 256), 50_000, &typed).is_ok());
+        assert!(check_fits_data(&moco(4096, 256), 4096, &typed).is_ok());
+        let err = check_fits_data(&moco(4096, 256), 100, &Origins::preset("x", false, Vec::new())).unwrap_err();
+        assert!(err.to_string().contains("--batch-size 256 (set by the default preset x) is larger"), "{err}");
+        // LEWEL_B has no queue: nothing to check
+        let mut b = moco(4096, 4);
+        b.model.method = Method::LewelB;
+        assert!(check_fits_data(&b, 10, &typed).is_ok());
+    }
+
+    #[test]
+    fn warmup_must_end_before_the_run() {
+        let mut c = preset("small-lewelb").unwrap(); // warm-up 1 of 10 epochs
+        let o = Origins::preset("small-lewelb", true, vec!["--epochs"]);
+        assert!(check_warmup(&c, &o).is_ok());
+        c.epochs = 1;
+        let err = check_warmup(&c, &o).unwrap_err().to_string();
+        assert!(err.starts_with("--warmup-epochs 1 (set by the preset small-lewelb) is not shorter than --epochs 1"));
+        assert!(err.contains("give --warmup-epochs 0 or less"), "{err}");
+        c.warmup_epochs = 0;
+        assert!(check_warmup(&c, &o).is_ok());
+    }
 }

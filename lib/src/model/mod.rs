@@ -222,38 +222,6 @@ impl ModelConfig {
         }
         Ok(())
     }
-
-    /// Checks the queue against the data (LEWEL_M, MoCo v2; nothing to check otherwise). Each step enqueues the
-    /// keys of both views, 2·`batch`; the queue must hold at least those (every key stays at least one step). It
-    /// must hold at most the `images_per_epoch` images one epoch delivers: a larger queue would keep several
-    /// keys of the same image, so an image would meet its own earlier keys among its negatives.
-    pub fn validate_for_data(
-        &self,
-        images: usize,
-        images_per_epoch: usize,
-        batch: usize,
-    ) -> Result<(), crate::LewelError> {
-        if !self.method.contrastive() {
-            return Ok(());
-        }
-        let k = self.queue_size.max(0) as usize;
-        if k > images_per_epoch {
-            return Err(crate::LewelError::Usage(format!(
-                "--queue-size {k} is larger than the data allows: the data set has {images} images, of which an \
-                 epoch uses {images_per_epoch} at --batch-size {batch}; a queue that long would hold several keys of \
-                 one image; use --queue-size {images_per_epoch} or less"
-            )));
-        }
-        if k < 2 * batch {
-            return Err(crate::LewelError::Usage(format!(
-                "--queue-size {k} is smaller than the {} keys one step enqueues (both views of --batch-size {batch}); \
-                 use --queue-size {} or more",
-                2 * batch,
-                2 * batch
-            )));
-        }
-        Ok(())
-    }
 }
 
 /// One entry of a module's state: its full official name, the tensor (a shallow clone of the `VarStore`

@@ -123,7 +123,8 @@ struct Args {
     temperature: Option<f64>,
     /// Negative keys in the FIFO queue of lewel-m / mocov2 (default 65536, small presets 4096). Each step
     /// enqueues 2 x --batch-size keys (both views); the queue must hold at least those and at most the
-    /// images one epoch uses. Unused by lewel-b and byol.
+    /// images one epoch uses (a preset's queue that does not fit the data is refused naming the preset). Unused
+    /// by lewel-b and byol.
     #[arg(long, value_name = "K")]
     queue_size: Option<i64>,
     /// Optimiser: lars (official: trust ratio, BN and bias excluded) or sgd. LARS, per adapted weight w
@@ -147,7 +148,9 @@ struct Args {
     /// Weight decay (official 1.5e-6 with LARS).
     #[arg(long)]
     wd: Option<f64>,
-    /// Linear warm-up epochs (per step; official 10).
+    /// Linear warm-up epochs (per step; official 10). Must be 0 or fewer than --epochs (else the lr never
+    /// reaches --lr: refused, naming the preset that set it); a --max-steps that stops inside the warm-up gets a
+    /// `warn` event.
     #[arg(long)]
     warmup_epochs: Option<u64>,
     /// Epochs (official 200).
@@ -338,6 +341,20 @@ impl Args {
         Ok(r)
     }
 
+    /// The flags given whose values a preset also sets and that a refusal may name (see [`train::Origins`]).
+    fn given(&self) -> Vec<&'static str> {
+        [
+            ("--batch-size", self.batch_size.is_some()),
+            ("--queue-size", self.queue_size.is_some()),
+            ("--warmup-epochs", self.warmup_epochs.is_some()),
+            ("--epochs", self.epochs.is_some()),
+            ("--bn-splits", self.bn_splits.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(f, given)| given.then_some(f))
+        .collect()
+    }
+
     fn seed_given(&self) -> bool {
         std::env::args().any(|a| a == "--seed" || a.starts_with("--seed="))
     }
@@ -400,6 +417,8 @@ fn run(args: Args) -> Result<()> {
         let base = train::preset(preset)?;
         let mut cfg = args.apply(base)?;
         check_bn_splits(&cfg, preset, args.preset.is_some(), args.bn_splits.is_some())?;
+        let origins = train::Origins::preset(preset, args.preset.is_some(), args.given());
+        train::check_warmup(&cfg, &origins)?;
         if !args.seed_given() {
             cfg.seed = args.common.seed;
         }
@@ -411,7 +430,7 @@ fn run(args: Args) -> Result<()> {
             // rank 0 creates the folder (and fails alone, clearly, when it holds a run already)
             lewel::dist::barrier()?;
             let run_dir = RunDir::open(out)?;
-            return train_with(&args, cfg, run_dir, opts);
+            return train_with(&args, cfg, &origins, run_dir, opts);
         }
         let created = !out.exists();
         let run_dir = RunDir::create(out)?;
@@ -425,10 +444,10 @@ fn run(args: Args) -> Result<()> {
         lewel::dist::barrier()?;
         // A start refused before its first step (a setting that does not fit the data, an unreadable input)
         // leaves nothing that would block the corrected command on the same --out.
-        return run_dir.clone().forget_if_refused("pretrain", created, train_with(&args, cfg, run_dir, opts));
+        return run_dir.clone().forget_if_refused("pretrain", created, train_with(&args, cfg, &origins, run_dir, opts));
     };
 
-    train_with(&args, cfg, run_dir, opts)
+    train_with(&args, cfg, &train::Origins::resumed(&run_dir), run_dir, opts)
 }
 
 /// The batch must split into `bn_splits` equal BN slices. The error names where the value came from: a preset the
@@ -450,7 +469,13 @@ fn check_bn_splits(cfg: &PretrainConfig, preset: &str, chosen: bool, flag: bool)
 }
 
 /// Trains (rank 0 with the events and the progress bar; the other ranks silent) and leaves the process group.
-fn train_with(args: &Args, cfg: PretrainConfig, run_dir: RunDir, opts: RunOptions) -> Result<()> {
+fn train_with(
+    args: &Args,
+    cfg: PretrainConfig,
+    origins: &train::Origins,
+    run_dir: RunDir,
+    opts: RunOptions,
+) -> Result<()> {
     lewel::signals::install();
     let main = lewel::dist::is_main();
     let mut writer = if main { Some(run_dir.event_writer("pretrain")?) } else { None };
@@ -461,7 +486,7 @@ fn train_with(args: &Args, cfg: PretrainConfig, run_dir: RunDir, opts: RunOption
     };
     let bar = lewel::cli::progress_bar(args.common.quiet || !main, lewel::cli::STEPS_TEMPLATE);
     let mut progress = |r: &train::StepReport| lewel::cli::show_step(&bar, r);
-    let result = train::run(&cfg, &opts, &run_dir, sink, &mut progress);
+    let result = train::run(&cfg, &opts, origins, &run_dir, sink, &mut progress);
     bar.finish_and_clear();
     if let Some(w) = writer.as_mut() {
         let _ = w.flush_copy();

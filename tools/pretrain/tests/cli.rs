@@ -163,8 +163,8 @@ fn bad_inputs_fail_clearly() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("expected float32 [N,2,3,H,W]"));
     // Batch larger than the data.
     let o = tiny(&v, &d.join("r2"), &["--batch-size", "64"]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("larger than the data set"));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--batch-size 64 is larger than the data set (8 images)"));
     // Unwritable output (below a regular file).
     let o = tiny(&v, &v.join("sub"), &[]);
     assert_eq!(o.status.code(), Some(1));
@@ -328,6 +328,96 @@ fn a_refused_start_names_the_preset_and_leaves_nothing_behind() {
     let _ = std::fs::remove_dir_all(&d);
 }
 
+/// Every preset value that can clash with the data or another flag (the batch and the MoCo queue against the data,
+/// the warm-up against the run's length) is refused with exit 2 naming where it came from (the chosen preset, the
+/// default one, or the flag) and the flag to change, and the refused start leaves nothing behind.
+#[test]
+fn preset_values_that_clash_with_the_data_or_flags_name_their_source() {
+    let d = scratch("preset-clash");
+    let v = views(&d);
+    let (vs, out) = (v.to_str().unwrap(), d.join("run"));
+    let o = out.to_str().unwrap();
+    let base = ["--views", vs, "--out", o, "--width", "4", "--proj-dim", "16", "--hidden-dim", "32", "--quiet"];
+    let run = |extra: &[&str]| pretrain(&[&base[..], extra].concat());
+    let small_moco = ["--preset", "small-lewelm", "--bn-splits", "1", "--batch-size", "4"];
+    let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
+        (
+            small_moco.to_vec(),
+            vec![
+                "--queue-size 4096 (set by the preset small-lewelm) is larger than the data allows",
+                "8 images",
+                "give --queue-size 8 or less",
+            ],
+        ),
+        (
+            vec!["--method", "lewel-m", "--bn-splits", "1"],
+            vec![
+                "--batch-size 256 (set by the default preset in1k-lewelm-200ep) is larger than the data set (8 images)",
+                "give --batch-size 8 or less",
+            ],
+        ),
+        (
+            vec!["--method", "lewel-m", "--bn-splits", "1", "--batch-size", "4"],
+            vec!["--queue-size 65536 (set by the default preset in1k-lewelm-200ep)", "give --queue-size 8 or less"],
+        ),
+        (
+            [&small_moco[..], &["--queue-size", "4"]].concat(),
+            vec![
+                "--queue-size 4 is smaller than the 8 keys one step enqueues (both views of --batch-size 4)",
+                "give --queue-size 8 or more",
+            ],
+        ),
+        (
+            vec!["--preset", "small-lewelb", "--batch-size", "4", "--epochs", "1"],
+            vec![
+                "--warmup-epochs 1 (set by the preset small-lewelb) is not shorter than --epochs 1",
+                "give --warmup-epochs 0 or less",
+            ],
+        ),
+        (
+            vec!["--batch-size", "8", "--bn-splits", "1", "--epochs", "5"],
+            vec![
+                "--warmup-epochs 10 (set by the default preset in1k-lewelb-eman-200ep) is not shorter than --epochs 5",
+                "give --warmup-epochs 4 or less",
+            ],
+        ),
+        (
+            vec!["--preset", "small-lewelb", "--batch-size", "4", "--warmup-epochs", "12"],
+            vec![
+                "--warmup-epochs 12 is not shorter than --epochs 10 (set by the preset small-lewelb)",
+                "or more --epochs",
+            ],
+        ),
+    ];
+    for (extra, want) in &cases {
+        let r = run(extra);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(2), "{extra:?}: {err}");
+        assert!(want.iter().all(|w| err.contains(w)), "{extra:?}: {err}");
+        assert!(!out.exists(), "{extra:?}: a refused start left {o}");
+    }
+    // --max-steps inside the warm-up is a stop that a --resume continues: a warning, not a refusal
+    let ev = ok(&run(&[
+        "--preset",
+        "small-lewelb",
+        "--batch-size",
+        "4",
+        "--epochs",
+        "3",
+        "--warmup-epochs",
+        "2",
+        "--max-steps",
+        "3",
+    ]));
+    let warns: Vec<&str> = ev.iter().filter(|e| e["event"] == "warn").map(|e| e["message"].as_str().unwrap()).collect();
+    assert_eq!(warns.len(), 1, "{warns:?}");
+    assert!(
+        warns[0].contains("--max-steps 3 stops the run inside its warm-up (--warmup-epochs 2 = 4 steps)"),
+        "{warns:?}"
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
+
 #[test]
 fn a_folder_of_idx_files_names_the_file_to_give() {
     let d = scratch("idx-folder");
@@ -345,7 +435,8 @@ fn a_folder_of_idx_files_names_the_file_to_give() {
 fn an_init_state_without_bn_counters_loads_with_one_warning() {
     let d = scratch("init-no-counters");
     let v = views(&d);
-    ok(&tiny(&v, &d.join("a"), &["--max-steps", "1"]));
+    // 2 steps: the end of the warm-up (a --max-steps inside it is warned about)
+    ok(&tiny(&v, &d.join("a"), &["--max-steps", "2"]));
     let latest = std::fs::read_to_string(d.join("a/ckpt/latest")).unwrap();
     let state = lewel::ckpt::read_safetensors(&d.join("a/ckpt").join(latest.trim())).unwrap();
     let kept: Vec<(String, tch::Tensor)> = state
@@ -354,7 +445,7 @@ fn an_init_state_without_bn_counters_loads_with_one_warning() {
         .collect();
     let init = d.join("init.safetensors");
     lewel::fsio::write_bytes_atomic(&init, &lewel::ckpt::to_safetensors_bytes(&kept, None).unwrap()).unwrap();
-    let ev = ok(&tiny(&v, &d.join("b"), &["--init", init.to_str().unwrap(), "--max-steps", "1"]));
+    let ev = ok(&tiny(&v, &d.join("b"), &["--init", init.to_str().unwrap(), "--max-steps", "2"]));
     let warns: Vec<&Value> = ev.iter().filter(|e| e["event"] == "warn").collect();
     assert_eq!(warns.len(), 1, "{warns:?}");
     let m = warns[0]["message"].as_str().unwrap();
