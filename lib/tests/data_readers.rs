@@ -280,3 +280,64 @@ fn a_folder_of_idx_or_npy_files_says_which_file_to_give() {
     assert!(format!("{:#}", open(&DataSpec::new(&other)).err().unwrap()).contains("no images found"));
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// Real photos (the `photos-96` fixtures, re-encoded as JPEG, PNG and lossless WebP, and the lossy WebP fixture)
+/// cut short as an interrupted download leaves them: at 10%, 50% and 90% of their length and 2 bytes before the
+/// end (a JPEG without its end-of-image marker). Each is refused with a message that says "truncated", never
+/// decoded with a grey part; from 50% on the headers are whole, so the refusal is the structural check's.
+/// Trailing bytes after the end marker (after EOI, IEND, the RIFF size) are accepted and change no pixel.
+#[test]
+fn truncated_images_are_refused_and_trailing_bytes_are_accepted() {
+    use lewel::data::decode::DecodeError;
+    let encode = |img: &image::DynamicImage, f: image::ImageFormat| {
+        let mut v = Vec::new();
+        match f {
+            image::ImageFormat::Jpeg => {
+                image::codecs::jpeg::JpegEncoder::new_with_quality(&mut v, 90).encode_image(img).unwrap()
+            }
+            _ => img.write_to(&mut std::io::Cursor::new(&mut v), f).unwrap(),
+        }
+        v
+    };
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    for photo in ["chelsea", "coffee", "astronaut"] {
+        let img = image::DynamicImage::ImageRgb8(
+            image::open(fixtures().join(format!("photos-96/{photo}.png"))).unwrap().to_rgb8(),
+        );
+        for (ext, f) in
+            [("jpg", image::ImageFormat::Jpeg), ("png", image::ImageFormat::Png), ("webp", image::ImageFormat::WebP)]
+        {
+            files.push((format!("{photo}.{ext}"), encode(&img, f)));
+        }
+    }
+    files.push(("photo.webp".into(), std::fs::read(fixtures().join("augment/decode/photo.webp")).unwrap()));
+    let mut refused = 0;
+    for (name, bytes) in &files {
+        let whole = decode_rgb(bytes, MAX_PIXELS).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let n = bytes.len();
+        for (cut, structural) in [(n / 10, false), (n / 2, true), (n * 9 / 10, true), (n - 2, true)] {
+            match decode_rgb(&bytes[..cut], MAX_PIXELS) {
+                Ok(_) => panic!("{name} cut to {cut} of {n} bytes decoded without an error"),
+                Err(e) => {
+                    let msg = e.to_string();
+                    assert!(msg.contains("truncated"), "{name} cut to {cut}: {msg}");
+                    if structural {
+                        assert!(matches!(e, DecodeError::Truncated { .. }), "{name} cut to {cut}: {msg}");
+                    }
+                    refused += 1;
+                }
+            }
+        }
+        // trailing garbage (with marker-like bytes) after the end: accepted, the same pixels
+        let mut padded = bytes.clone();
+        padded.extend_from_slice(b"\xFF\xD8\xFF\xE0 trailing garbage \x00\xFF\xD9\x89PNG");
+        let again = decode_rgb(&padded, MAX_PIXELS).unwrap_or_else(|e| panic!("{name} with trailing bytes: {e}"));
+        assert!(again == whole, "{name}: trailing bytes changed the pixels");
+    }
+    eprintln!("truncated: {refused} cut files refused of {} photos x 4 cuts", files.len());
+    // a JPEG's EXIF thumbnail ends with its own FFD9: the walk skips it by its segment's length
+    let thumb = std::fs::read(fixtures().join("augment/decode/exif-rotated.jpg")).unwrap();
+    assert!(decode_rgb(&thumb, MAX_PIXELS).is_ok());
+    let err = decode_rgb(&thumb[..thumb.len() - 2], MAX_PIXELS).unwrap_err().to_string();
+    assert!(err.contains("truncated JPEG file") && err.contains("end-of-image marker"), "{err}");
+}

@@ -1,7 +1,8 @@
 //! Bounded fuzzing on stable Rust (RELIABILITY.md): seeded mutations of valid inputs through every reader of
 //! bytes that come from outside: the image decoder and the augmentation after it, the list-file parser, the IDX
 //! and `.npy` readers (DATA, features, labels), our checkpoints (safetensors with a matching sidecar hash) and the
-//! PyTorch importer (zip and legacy `torch.save` files, and the pickle machine alone).
+//! PyTorch importer (zip and legacy `torch.save` files, and the pickle machine alone); and one property target,
+//! `truncated`: a decodable image cut short is refused or decodes to the same pixels, never to others.
 //!
 //! No cargo-fuzz: it needs a nightly toolchain and libFuzzer, which this project does not assume. Instead each
 //! target mutates its seeds with a seeded generator (bit flips, interesting bytes and integers, truncation,
@@ -259,6 +260,37 @@ fn fuzz_image_decoding_and_augmentation() {
         let mut eval = vec![0f32; 3 * (recipe.eval_crop * recipe.eval_crop) as usize];
         apply_eval(&img, recipe, &mut eval);
         assert!(eval.iter().all(|x| x.is_finite()));
+        Ok(())
+    });
+}
+
+/// Truncation (RELIABILITY.md, "truncated image"): every input that decodes (a seed, or a mutation of one) is cut
+/// at a random length, and the cut file must either be refused or decode to exactly the same pixels (the cut took
+/// only bytes after the file's end marker). A cut file decoded into other pixels (the missing part filled in
+/// without a word) fails the target, as a crash does.
+#[test]
+fn fuzz_truncated_images() {
+    use lewel::data::decode::decode_rgb;
+    let mut seeds: Vec<Vec<u8>> =
+        std::fs::read_dir(fixtures().join("augment/decode")).unwrap().map(|e| read(e.unwrap().path())).collect();
+    for photo in ["chelsea", "coffee", "rocket"] {
+        let img = image::DynamicImage::ImageRgb8(
+            image::open(fixtures().join(format!("photos-96/{photo}.png"))).unwrap().to_rgb8(),
+        );
+        for f in [image::ImageFormat::Jpeg, image::ImageFormat::Png, image::ImageFormat::WebP] {
+            seeds.push(encode(img.clone(), f));
+        }
+    }
+    let tokens: &[&[u8]] = &[b"\xff\xd9", b"\xff\xda", b"\xff\x00", b"\xff\xd0", b"IEND", b"IDAT", b"RIFF"];
+    let mut rng = Rng(0x7E5C_A7ED);
+    fuzz("truncated", seeds, tokens, |bytes, _| {
+        let whole = decode_rgb(bytes, 1 << 20)?;
+        // half the cuts in the last tenth of the file, where a cut is hardest to see
+        let n = bytes.len();
+        let cut = if rng.below(2) == 0 { n - 1 - rng.below(n / 10 + 1).min(n - 1) } else { rng.below(n) };
+        if let Ok(part) = decode_rgb(&bytes[..cut], 1 << 20) {
+            assert!(part == whole, "cut to {cut} of {n} bytes, the file decoded into other pixels without an error");
+        }
         Ok(())
     });
 }

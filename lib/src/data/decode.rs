@@ -20,6 +20,14 @@
 //!   person sees in a viewer.
 //! - **Decompression bombs**: the header's width x height is checked before any pixel is decoded;
 //!   above [`MAX_PIXELS`] (twice PIL's `MAX_IMAGE_PIXELS`, where PIL raises `DecompressionBombError`) the file is refused.
+//! - **Truncated files** (an interrupted download or copy) are refused, [`DecodeError::Truncated`], as PIL refuses
+//!   them ("image file is truncated"), where the decoders alone would fill the missing part with grey (zune-jpeg)
+//!   without a word. A structural walk before the pixels are decoded ([`check_complete`]): a JPEG must reach its
+//!   end-of-image marker (FFD9) through its segments and the entropy-coded data of every scan; a PNG's chunks must
+//!   be whole up to `IEND`; a WebP must be as long as its RIFF header says. Bytes after the end (after a JPEG's
+//!   EOI, a PNG's `IEND`, a WebP's RIFF size: trailing garbage some tools append) are accepted and ignored, as PIL
+//!   accepts them. NOTE(ref): a JPEG whose scan stops early but still ends with an EOI marker is not detected
+//!   (libjpeg only warns about it too: PIL decodes it).
 
 use std::io::Cursor;
 
@@ -41,6 +49,9 @@ pub enum DecodeError {
     Empty { width: u32, height: u32 },
     #[error("corrupt or truncated image: {0}")]
     Corrupt(String),
+    /// The file stops before the end its format marks (see [`check_complete`]).
+    #[error("truncated {format} file: {why} (an interrupted download or copy?); fetch the file again")]
+    Truncated { format: &'static str, why: String },
 }
 
 thread_local! {
@@ -79,6 +90,7 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeError
     if width == 0 || height == 0 {
         return Err(DecodeError::Empty { width, height });
     }
+    check_complete(bytes)?;
     let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
     if decoder.color_type() == image::ColorType::Rgb8 && orientation == image::metadata::Orientation::NoTransforms {
         // The common case, decoded straight into a buffer this thread used before.
@@ -94,6 +106,86 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeError
         DynamicImage::ImageRgb8(rgb) => rgb,
         other => other.to_rgb8(),
     })
+}
+
+/// Checks that `bytes` (a JPEG, PNG or WebP, recognised by its signature; anything else passes) reach the end their
+/// format marks, without decoding a pixel: [`DecodeError::Truncated`] otherwise. Bytes after that end are accepted.
+pub fn check_complete(bytes: &[u8]) -> Result<(), DecodeError> {
+    let cut = |format: &'static str, why: String| Err(DecodeError::Truncated { format, why });
+    if bytes.starts_with(&[0xFF, 0xD8]) {
+        return match jpeg_end(bytes) {
+            Some(_) => Ok(()),
+            None => cut("JPEG", format!("its {} bytes end before the end-of-image marker (FFD9)", bytes.len())),
+        };
+    }
+    if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        let mut i = 8usize;
+        while i < bytes.len() {
+            if i + 8 > bytes.len() {
+                return cut("PNG", format!("a chunk header at byte {i} is cut off at byte {}", bytes.len()));
+            }
+            let len = u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]) as usize;
+            let kind = String::from_utf8_lossy(&bytes[i + 4..i + 8]).into_owned();
+            let end = i.saturating_add(12).saturating_add(len);
+            if end > bytes.len() {
+                return cut(
+                    "PNG",
+                    format!("its {kind} chunk at byte {i} needs {} bytes, the file has {}", end, bytes.len()),
+                );
+            }
+            if kind == "IEND" {
+                return Ok(());
+            }
+            i = end;
+        }
+        return cut("PNG", format!("its {} bytes end before the IEND chunk", bytes.len()));
+    }
+    if bytes.len() >= 12 && bytes.starts_with(b"RIFF") && &bytes[8..12] == b"WEBP" {
+        let size = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as u64;
+        if bytes.len() as u64 - 8 < size {
+            return cut("WebP", format!("its RIFF header announces {} bytes, the file has {}", size + 8, bytes.len()));
+        }
+    }
+    Ok(())
+}
+
+/// The offset just past a JPEG's end-of-image marker, walking its segments (by their lengths) and the
+/// entropy-coded data of each scan (up to the next marker that is not a stuffed 0xFF00 or a restart marker);
+/// None when the bytes end first.
+fn jpeg_end(b: &[u8]) -> Option<usize> {
+    let mut i = 2usize;
+    loop {
+        // the next marker: 0xFF (any number of fill bytes), then its code; stray bytes between segments skipped
+        i += b.get(i..)?.iter().position(|&x| x == 0xFF)?;
+        while *b.get(i)? == 0xFF {
+            i += 1;
+        }
+        let code = b[i];
+        i += 1;
+        match code {
+            0xD9 => return Some(i),
+            // markers without a length
+            0x00 | 0x01 | 0xD0..=0xD8 => continue,
+            _ => {}
+        }
+        let len = u16::from_be_bytes([*b.get(i)?, *b.get(i + 1)?]) as usize;
+        if i + len > b.len() {
+            return None;
+        }
+        i += len.max(2);
+        if code == 0xDA {
+            // a scan's entropy-coded data: 0xFF is followed by 0x00 (a stuffed byte), a restart marker, fill
+            // bytes, or the next marker
+            loop {
+                i += b.get(i..)?.iter().position(|&x| x == 0xFF)?;
+                match *b.get(i + 1)? {
+                    0x00 | 0xD0..=0xD7 => i += 2,
+                    0xFF => i += 1,
+                    _ => break,
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -77,7 +77,10 @@ struct Args {
     preview_rows: usize,
 
     /// Stop with exit 1 at the first unreadable image instead of skipping it (default: skip, report a
-    /// `warn` event, and use the next image of the epoch in its place).
+    /// `warn` event, and use the next image of the epoch in its place). Unreadable includes a truncated
+    /// file (an interrupted download: a JPEG without its end-of-image marker, a PNG cut before IEND, a WebP
+    /// shorter than its RIFF size; the reason says "truncated"); bytes after a file's end (after a JPEG's
+    /// EOI) are accepted and ignored, as PIL does.
     #[arg(long)]
     strict: bool,
 

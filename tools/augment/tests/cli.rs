@@ -240,3 +240,51 @@ fn every_kind_of_bad_file_is_skipped_and_reported_or_fatal_with_strict() {
     assert!(!strict.exists(), "a failed run left its output");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// Real photos cut short, as an interrupted download leaves them (a PNG at half its length, a JPEG without its
+/// last 2 bytes, the end-of-image marker, a WebP at 90%): each is named in a `warn` event whose reason says
+/// "truncated" and replaced; a JPEG with trailing bytes after its end-of-image marker is accepted, as PIL accepts
+/// it. With --strict the first truncated file met stops the run, named, exit 1.
+#[test]
+fn truncated_photos_are_reported_and_trailing_bytes_accepted() {
+    let d = scratch("truncated");
+    let data = d.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let read = |p: &str| std::fs::read(fixtures().join(p)).unwrap();
+    std::fs::copy(fixtures().join("photos-96/coffee.png"), data.join("a-good.png")).unwrap();
+    let png = read("photos-96/chelsea.png");
+    std::fs::write(data.join("b-cut-half.png"), &png[..png.len() / 2]).unwrap();
+    let jpg = read("augment/decode/rgb.jpg");
+    std::fs::write(data.join("c-cut-eoi.jpg"), &jpg[..jpg.len() - 2]).unwrap();
+    let webp = read("augment/decode/photo.webp");
+    std::fs::write(data.join("d-cut.webp"), &webp[..webp.len() * 9 / 10]).unwrap();
+    let mut padded = jpg.clone();
+    padded.extend_from_slice(b"\x00\x00 trailing bytes after EOI \xFF\xD9");
+    std::fs::write(data.join("e-trailing.jpg"), &padded).unwrap();
+    let out = d.join("v.npy");
+    let o = run(&[data.to_str().unwrap(), "--recipe", "lewel-b-small", "--out", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let ev = events(&o);
+    let mut warned: Vec<(&str, &str)> = ev
+        .iter()
+        .filter(|e| e["event"] == "warn")
+        .map(|e| (e["file"].as_str().unwrap(), e["reason"].as_str().unwrap()))
+        .collect();
+    warned.sort(); // in the epoch's order, shuffled
+    assert_eq!(warned.len(), 3, "{warned:?}");
+    for (name, (file, reason)) in ["b-cut-half.png", "c-cut-eoi.jpg", "d-cut.webp"].iter().zip(&warned) {
+        assert!(file.ends_with(name) && reason.contains("truncated"), "{name}: {file}: {reason}");
+    }
+    assert!(warned[1].1.contains("end-of-image marker"), "{warned:?}");
+    assert_eq!(ev.last().unwrap()["skipped"], 3);
+    assert_eq!(npy_shape(&out), vec![5, 2, 3, 32, 32]);
+
+    let s = d.join("s.npy");
+    let o = run(&[data.to_str().unwrap(), "--recipe", "lewel-b-small", "--strict", "--out", s.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    let named = ["b-cut-half.png", "c-cut-eoi.jpg", "d-cut.webp"].iter().any(|f| err.contains(f));
+    assert!(err.contains("augment: error:") && named && err.contains("truncated"), "{err}");
+    assert!(!s.exists(), "a failed run left its output");
+    std::fs::remove_dir_all(&d).unwrap();
+}

@@ -62,7 +62,9 @@ struct Args {
     #[arg(long, default_value_t = 0, value_name = "T")]
     threads: usize,
 
-    /// Stop at the first unreadable image (default: replace it, and report a `warn` event).
+    /// Stop at the first unreadable image (default: replace it, and report a `warn` event). Unreadable
+    /// includes a truncated file (a JPEG without its end-of-image marker, a PNG cut before IEND, a WebP
+    /// shorter than its RIFF size: "truncated" in the reason); bytes after a JPEG's EOI are accepted, as PIL does.
     #[arg(long)]
     strict: bool,
 
