@@ -102,7 +102,7 @@ fn data_protocol(m: &mut Map<String, Value>, splits: &Splits, train: &DataSpec, 
 
 /// Opens a listed checkpoint, or `None` (with a `warn` event) when its run deleted it meanwhile: a cron job
 /// evaluating a live run's folder races the run's pruning of old checkpoints, and that is no error.
-fn open_listed(
+pub(crate) fn open_listed(
     ck: &CkptRef,
     device: tch::Device,
     tool: &str,
@@ -121,16 +121,16 @@ fn open_listed(
     }
 }
 
-/// Bookkeeping shared by both probes: skip, emit, append.
-struct Ledger {
+/// Bookkeeping shared by the probes (and `dense-probe`): skip, emit, append.
+pub(crate) struct Ledger {
     tool: &'static str,
     file: Option<ResultsFile>,
     done: HashSet<ResultKey>,
-    summary: Summary,
+    pub(crate) summary: Summary,
 }
 
 impl Ledger {
-    fn new(tool: &'static str, results: Option<&Path>) -> Result<Self> {
+    pub(crate) fn new(tool: &'static str, results: Option<&Path>) -> Result<Self> {
         let file = results.map(ResultsFile::new);
         let done = match &file {
             Some(f) => f.keys()?,
@@ -139,8 +139,13 @@ impl Ledger {
         Ok(Ledger { tool, file, done, summary: Summary::default() })
     }
 
+    /// Whether this (checkpoint, protocol) is already in `--results`, without emitting anything.
+    pub(crate) fn would_skip(&self, ck: Option<&CkptRef>, hash: &str) -> bool {
+        self.done.contains(&(ck.map(|c| c.sha256.clone()).unwrap_or_default(), hash.to_string()))
+    }
+
     /// Whether this (checkpoint, protocol) is already in `--results`; emits `skip` if so.
-    fn skip(&mut self, ck: Option<&CkptRef>, hash: &str, sink: &mut dyn EventSink) -> Result<bool> {
+    pub(crate) fn skip(&mut self, ck: Option<&CkptRef>, hash: &str, sink: &mut dyn EventSink) -> Result<bool> {
         let key = (ck.map(|c| c.sha256.clone()).unwrap_or_default(), hash.to_string());
         if !self.done.contains(&key) {
             return Ok(false);
@@ -157,7 +162,7 @@ impl Ledger {
     }
 
     /// Emits the `result` line and appends it to `--results`.
-    fn record(
+    pub(crate) fn record(
         &mut self,
         ck: Option<&CkptRef>,
         protocol: &Map<String, Value>,

@@ -9,6 +9,7 @@
 //! Accuracies are percentages (keys end in `_pct`); the tie rule of top-k is in [`metrics`].
 
 pub mod ckpts;
+pub mod dense;
 pub mod features;
 pub mod jobs;
 pub mod knn;

@@ -374,6 +374,22 @@ impl Lewel {
         })
     }
 
+    /// Inference feature maps of the online backbone's stages (1-based, e.g. `[3, 4]`), BN in eval mode, no
+    /// gradient: what a dense probe reads.
+    ///
+    /// # Shapes
+    /// `x`: `[b, 3, h, w]` → one `[b, c_s, h_s, w_s]` map per requested stage s, in the order asked.
+    pub fn feature_maps(&self, x: &Tensor, stages: &[usize]) -> Result<Vec<Tensor>> {
+        if let Some(s) = stages.iter().find(|&&s| !(1..=4).contains(&s)) {
+            bail!("backbone stage {s} does not exist; stages are 1 to 4");
+        }
+        let x = self.prepare(x)?;
+        tch::no_grad(|| {
+            let all = self.online.backbone.forward_stages(&x, false)?;
+            Ok(stages.iter().map(|&s| all[s - 1].shallow_clone()).collect())
+        })
+    }
+
     /// The online network's alignment maps (§8): softmax over positions of the normalised heat-maps, BN in eval
     /// mode, no gradient. An error for BYOL and MoCo v2.
     ///

@@ -185,6 +185,30 @@ impl ResNet {
         Ok(h)
     }
 
+    /// The outputs of stages 1 to 4 (`layer1` .. `layer4`), for dense probes that read an earlier stage.
+    ///
+    /// # Shapes
+    /// `x`: `[b, 3, h, w]` → four maps, stage s of `[b, width·2^(s-1)·expansion, h/(4·2^(s-1)), ...]` (ImageNet
+    /// stem; the CIFAR stem's are 4x larger); the last one is [`ResNet::forward_t`]'s.
+    pub fn forward_stages(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
+        let (_, c, _, _) = x.size4()?;
+        if c != 3 {
+            bail!("the backbone expects [b, 3, h, w] images, got {:?}", x.size());
+        }
+        let mut h = self.bn1.forward_t(&self.conv1.forward(x)?, train)?.f_relu()?;
+        if self.stem == Stem::Imagenet {
+            h = h.f_max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false)?;
+        }
+        let mut out = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            for block in layer {
+                h = block.forward_t(&h, train)?;
+            }
+            out.push(h.shallow_clone());
+        }
+        Ok(out)
+    }
+
     /// Every entry under `prefix`, in PyTorch's `state_dict` order.
     pub fn state(&self, prefix: &str, out: &mut Vec<StateEntry>) {
         out.push(StateEntry::new(&join(prefix, "conv1"), "weight", &self.conv1.weight, true));
