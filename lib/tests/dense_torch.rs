@@ -135,7 +135,7 @@ fn dense_protocols_match_pytorch() {
         classes,
         &lin,
         Device::Cpu,
-        &mut |_, l| {
+        &mut |_, l, _| {
             losses.push(l);
             Ok(())
         },

@@ -48,7 +48,7 @@ another size than its image, a missing mask or unreadable image) is a warn event
 error); a class id at or above --classes is an error naming the file. Or cached feature maps: \
 --train-features/--val-features float32 [N,C,h,w] .npy with FEATS.masks.npy beside.
 
-Output (stdout, JSON lines): start, warn, epoch (linear: mean loss), skip, and one `result` per (checkpoint, \
+Output (stdout, JSON lines): start, warn, epoch (linear: mean loss, seconds), skip, end, and one `result` per (checkpoint, \
 protocol) with the metrics, the checkpoint's sha256, the data fingerprints, the protocol and its protocol_hash. \
 --results FILE.jsonl appends each result under a lock and skips what it already holds, so it runs from cron.";
 

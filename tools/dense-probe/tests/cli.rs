@@ -127,7 +127,9 @@ fn npy_masks_from_a_checkpoint_give_results_and_a_rerun_skips() {
         assert_eq!(r["mask_h_px"], 32, "masks follow the 28 -> 32 eval resize");
         assert_eq!(r["n_val_used"], 20);
     }
-    assert_eq!(of_kind(&ev, "epoch").len(), 2);
+    let epochs = of_kind(&ev, "epoch");
+    assert_eq!(epochs.len(), 2);
+    assert!(epochs.iter().all(|e| e["loss"].as_f64().unwrap() > 0.0 && e.get("epoch_s").is_some()));
     assert_eq!(std::fs::read_to_string(&results).unwrap().lines().count(), 2);
     let img = image::open(&preview).unwrap();
     assert!(img.width() > 300 && img.height() > 300, "{}x{}", img.width(), img.height());
@@ -135,6 +137,8 @@ fn npy_masks_from_a_checkpoint_give_results_and_a_rerun_skips() {
     let ev2 = ok(&run_tool(BIN, &args));
     assert!(of_kind(&ev2, "result").is_empty());
     assert_eq!(of_kind(&ev2, "skip").len(), 2);
+    let end = of_kind(&ev2, "end");
+    assert_eq!((end[0]["evaluated"].as_i64(), end[0]["skipped"].as_i64()), (Some(0), Some(2)));
     assert_eq!(std::fs::read_to_string(&results).unwrap().lines().count(), 2);
     // another protocol setting is another result
     let ev3 = ok(&run_tool(BIN, &[&args[..], &["--protocol", "knn", "--temperature", "0.5"]].concat()));
@@ -244,7 +248,7 @@ fn a_voc_folder_with_split_lists_and_its_bad_inputs() {
     assert_eq!(of_kind(&ev, "result")[0]["n_val_used"], 3);
     fails(
         &run_tool(BIN, &[&base[..], &["--strict"]].concat()),
-        2,
+        1,
         &["2007_000009.png", "20x30", "its image's size", "--strict"],
     );
     // a missing mask: skipped with a warning that names it
@@ -286,7 +290,7 @@ fn bad_npy_inputs_name_the_file_and_the_fix() {
     fails(&run(&t.train, &t.val, &["--train-masks", s(&small)]), 1, &["no usable image/mask pair"]);
     fails(
         &run(&t.train, &t.val, &["--train-masks", s(&small), "--strict"]),
-        2,
+        1,
         &["small.masks.npy[0] is 14x14", "28x28"],
     );
     // a class id above --classes

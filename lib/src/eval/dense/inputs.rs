@@ -453,7 +453,7 @@ pub fn transform_range(
                         img.height()
                     );
                     if strict {
-                        bail!(LewelError::Usage(format!("{why} (--strict)")));
+                        bail!("{why} (--strict)");
                     }
                     return Ok(Err(why));
                 }

@@ -251,6 +251,7 @@ fn class_count(cfg: &DenseConfig, s: &Splits) -> Result<usize> {
 /// Runs every (checkpoint, protocol) of `cfg`; returns what was evaluated and skipped.
 pub fn run(cfg: &DenseConfig, sink: &mut dyn EventSink, progress: Progress) -> Result<Summary> {
     cfg.validate()?;
+    let started = Instant::now();
     let mut ledger = Ledger::new(TOOL, cfg.results.as_deref())?;
     match &cfg.source {
         Source::Features { train, train_masks, val, val_masks } => {
@@ -361,7 +362,14 @@ pub fn run(cfg: &DenseConfig, sink: &mut dyn EventSink, progress: Progress) -> R
             }
         }
     }
-    Ok(ledger.summary.clone())
+    let sum = ledger.summary.clone();
+    sink.emit(
+        &Event::new(TOOL, "end")
+            .int("evaluated", sum.evaluated as i64)
+            .int("skipped", sum.skipped as i64)
+            .num("elapsed_s", started.elapsed().as_secs_f64()),
+    )?;
+    Ok(sum)
 }
 
 fn start_event(cfg: &DenseConfig, sink: &mut dyn EventSink, data: &Map<String, Value>) -> Result<()> {
@@ -409,8 +417,9 @@ fn evaluate_all(
                 conf
             }
             Protocol::Linear => {
-                let mut on_epoch = |epoch: usize, loss: f64| -> Result<()> {
-                    let mut e = Event::new(TOOL, "epoch").int("epoch", epoch as i64).num("loss", loss);
+                let mut on_epoch = |epoch: usize, loss: f64, secs: f64| -> Result<()> {
+                    let mut e =
+                        Event::new(TOOL, "epoch").int("epoch", epoch as i64).num("loss", loss).num("epoch_s", secs);
                     if let Some(c) = ck {
                         e = e.str("ckpt", c.path.display().to_string());
                     }

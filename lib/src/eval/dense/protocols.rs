@@ -275,12 +275,13 @@ impl LinearHead {
 /// distribution (the mask downsampled to the grid by area; patches without a labelled pixel weigh 0), mean over
 /// the batch's weighted patches; SGD momentum [`MOMENTUM`], constant lr, no weight decay; the images in file
 /// order, `batch_size` at a time (the last batch partial). No randomness: PyTorch reproduces it step for step.
+/// `on_epoch` gets (epoch, mean loss, seconds).
 pub fn linear_train(
     train: &DenseSplit,
     classes: i64,
     s: &LinearSettings,
     device: Device,
-    on_epoch: &mut dyn FnMut(usize, f64) -> Result<()>,
+    on_epoch: &mut dyn FnMut(usize, f64, f64) -> Result<()>,
     progress: Progress,
 ) -> Result<LinearHead> {
     let (h, w) = train.grid();
@@ -296,6 +297,7 @@ pub fn linear_train(
     let steps = (n + s.batch_size - 1) / s.batch_size;
     let mut epoch_loss = Vec::with_capacity(s.epochs);
     for epoch in 0..s.epochs {
+        let t0 = std::time::Instant::now();
         let mut sum = 0.0;
         let mut lo = 0;
         while lo < n {
@@ -329,7 +331,7 @@ pub fn linear_train(
         }
         let mean_loss = sum / steps.max(1) as f64;
         epoch_loss.push(mean_loss);
-        on_epoch(epoch + 1, mean_loss)?;
+        on_epoch(epoch + 1, mean_loss, t0.elapsed().as_secs_f64())?;
         progress((epoch + 1) as u64, s.epochs as u64);
     }
     Ok(LinearHead { weight: weight.detach(), bias: bias.detach(), mean, std, epoch_loss })
