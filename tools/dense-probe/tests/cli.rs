@@ -74,8 +74,8 @@ fn setup(name: &str) -> Setup {
     let d = scratch(name);
     let ck = tiny_ckpt::save(&d.join("ckpt"), 1, 3, 2);
     let (tr, va) = tiny_ckpt::fmnist();
-    let train = scenes_like(&tr, 40, &d.join("train.npy"));
-    let val = scenes_like(&va, 20, &d.join("val.npy"));
+    let train = scenes_like(&tr, 24, &d.join("train.npy"));
+    let val = scenes_like(&va, 12, &d.join("val.npy"));
     Setup { d, ck, train, val }
 }
 
@@ -125,7 +125,7 @@ fn npy_masks_from_a_checkpoint_give_results_and_a_rerun_skips() {
         assert_eq!(r["classes"], 11);
         assert_eq!(r["grid_h"], 4, "32-px crops, CIFAR stem: a 4x4 grid");
         assert_eq!(r["mask_h_px"], 32, "masks follow the 28 -> 32 eval resize");
-        assert_eq!(r["n_val_used"], 20);
+        assert_eq!(r["n_val_used"], 12);
     }
     let epochs = of_kind(&ev, "epoch");
     assert_eq!(epochs.len(), 2);
@@ -224,9 +224,11 @@ fn a_voc_folder_with_split_lists_and_its_bad_inputs() {
         &FAST,
     ]
     .concat();
-    let ev = ok(&run_tool(BIN, &[&base[..], &["--classes", "4"]].concat()));
+    let ev = ok(&run_tool(BIN, &[&base[..], &["--class-names", "bg,left,mid,right"]].concat()));
     let res = of_kind(&ev, "result");
     assert_eq!(res.len(), 2);
+    assert_eq!(res[0]["classes"], 4, "--class-names gives the class count");
+    assert!(res[0].get("iou_pct_0_bg").is_some() && res[0].get("iou_pct_3_right").is_some(), "{}", res[0]);
     assert_eq!(res[0]["n_train"], 8);
     assert_eq!(res[0]["n_val"], 4);
     assert!(res[0]["pixels_scored"].as_u64().unwrap() < 4 * 32 * 32, "the 255 border is not scored");
@@ -254,7 +256,7 @@ fn a_voc_folder_with_split_lists_and_its_bad_inputs() {
     // a missing mask: skipped with a warning that names it
     std::fs::remove_file(root.join("SegmentationClass/2007_000010.png")).unwrap();
     let ev = ok(&run_tool(BIN, &base));
-    assert!(of_kind(&ev, "warn").iter().any(|w| w["message"].as_str().unwrap().contains("2007_000010.png")));
+    assert!(of_kind(&ev, "warn").iter().any(|w| w["message"].as_str().unwrap().contains("2007_000010.png is missing")));
     // no SegmentationClass folder
     let empty = d.join("empty");
     std::fs::create_dir_all(empty.join("JPEGImages")).unwrap();
@@ -275,7 +277,7 @@ fn bad_npy_inputs_name_the_file_and_the_fix() {
         )
     };
     // the same split twice
-    fails(&run(&t.train, &t.train, &[]), 2, &["same images", "held-out"]);
+    fails(&run(&t.train, &t.train, &[]), 2, &["train.npy", "same images", "held-out"]);
     // masks missing
     let lonely = t.d.join("lonely.npy");
     std::fs::copy(&t.train, &lonely).unwrap();
@@ -283,10 +285,14 @@ fn bad_npy_inputs_name_the_file_and_the_fix() {
     // masks of another count
     let short = t.d.join("short.masks.npy");
     write_u8(&short, &[3, 28, 28], &[0u8; 3 * 28 * 28]);
-    fails(&run(&t.train, &t.val, &["--train-masks", s(&short)]), 1, &["short.masks.npy", "3 masks", "40 images"]);
+    fails(
+        &run(&t.train, &t.val, &["--train-masks", s(&short)]),
+        1,
+        &["short.masks.npy", "3 masks", "24 images", "same images in the same order"],
+    );
     // masks of another size than the images: every pair is bad, a warning each, then an error
     let small = t.d.join("small.masks.npy");
-    write_u8(&small, &[40, 14, 14], &[0u8; 40 * 14 * 14]);
+    write_u8(&small, &[24, 14, 14], &[0u8; 24 * 14 * 14]);
     fails(&run(&t.train, &t.val, &["--train-masks", s(&small)]), 1, &["no usable image/mask pair"]);
     fails(
         &run(&t.train, &t.val, &["--train-masks", s(&small), "--strict"]),
@@ -294,7 +300,11 @@ fn bad_npy_inputs_name_the_file_and_the_fix() {
         &["small.masks.npy[0] is 14x14", "28x28"],
     );
     // a class id above --classes
-    fails(&run(&t.train, &t.val, &["--classes", "5"]), 2, &["train.masks.npy[", "is not below --classes 5"]);
+    fails(
+        &run(&t.train, &t.val, &["--classes", "5"]),
+        2,
+        &["train.masks.npy[", "is not below --classes 5", "raise --classes or fix the mask"],
+    );
     // a bad --layers
     fails(&run(&t.train, &t.val, &["--layers", "2"]), 2, &["--layers 2", "4 or 3,4"]);
 }
@@ -317,13 +327,19 @@ fn cached_feature_maps_and_their_checks() {
     let (tr, va) = (write("tr.npy", 1, n), write("va.npy", 2, 8));
     let ev = ok(&run_tool(
         BIN,
-        &[&["--train-features", s(&tr), "--val-features", s(&va)][..], &["--epochs", "2", "--device", "cpu", "-q"]]
-            .concat(),
+        &[
+            &["--train-features", s(&tr), "--val-features", s(&va)][..],
+            &["--epochs", "2", "--device", "cpu", "-q", "--memory-size", "50", "--preview", s(&d.join("p.png"))],
+        ]
+        .concat(),
     ));
     let r = of_kind(&ev, "result");
     assert_eq!(r.len(), 2);
     assert_eq!(r[0]["ckpt"], "none (cached features)");
     assert_eq!(r[0]["mask_h_px"], 16);
+    assert_eq!(r[1]["bank_patches"], 50, "--memory-size caps the bank");
+    assert_eq!(r[1]["bank_candidates"], 12 * 16);
+    assert!(image::open(d.join("p.png")).unwrap().width() > 200, "a preview without images: masks only");
     fails(&run_tool(BIN, &["--train-features", s(&tr), "--val-features", s(&tr)]), 2, &["same file"]);
     let wrong = d.join("wrong.npy");
     lewel::testing::write_npy_f32(&wrong, &[2, 3], &[0.0; 6]);

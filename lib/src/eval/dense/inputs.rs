@@ -205,6 +205,10 @@ impl MaskedData {
             MaskSource::Array { h, w, ids, .. } => {
                 Ok(Mask { w: *w, h: *h, ids: ids[i * h * w..(i + 1) * h * w].to_vec() })
             }
+            MaskSource::Files(f) if !f[i].exists() => bail!(
+                "the mask {} is missing; every JPEGImages/ID.jpg of the split needs its SegmentationClass/ID.png",
+                f[i].display()
+            ),
             MaskSource::Files(f) => read_png_ids(&f[i]),
         }
     }

@@ -216,6 +216,8 @@ pub fn knn_evaluate(
     progress: Progress,
 ) -> Result<(Confusion, Tensor, Bank)> {
     let bank = build_bank(train, classes, s)?;
+    // on the device once, not per chunk of queries
+    let bank = Bank { feats: bank.feats.to_device(device), labels: bank.labels.to_device(device), ..bank };
     let (h, w) = val.grid();
     let (mh, mw) = val.mask_hw();
     let n = val.len();
