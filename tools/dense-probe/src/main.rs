@@ -124,6 +124,7 @@ struct Args {
     temperature: f64,
 
     /// knn: the largest memory bank in patches; more training patches are sampled down (seeded by --seed).
+    /// The bank lives on the device: memory-size x C x 4 bytes (10^6 patches of 512 channels: 2 GB).
     #[arg(long, value_name = "N", default_value_t = dense::DEFAULT_MEMORY_SIZE)]
     memory_size: usize,
 

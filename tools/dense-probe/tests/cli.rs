@@ -92,7 +92,9 @@ fn npy_masks_from_a_checkpoint_give_results_and_a_rerun_skips() {
     let results = t.d.join("r.jsonl");
     let preview = t.d.join("p.png");
     let args = [
-        &["--ckpt", s(&t.ck), "--train-data", s(&t.train), "--val-data", s(&t.val), "--classes", "11"][..],
+        // the checkpoint's folder: every complete checkpoint in it
+        &["--ckpt", s(t.ck.parent().unwrap()), "--train-data", s(&t.train), "--val-data", s(&t.val), "--classes", "11"]
+            [..],
         &["--results", s(&results), "--preview", s(&preview)],
         &FAST,
     ]
@@ -123,6 +125,7 @@ fn npy_masks_from_a_checkpoint_give_results_and_a_rerun_skips() {
         let m = r["miou_pct"].as_f64().unwrap();
         assert!((0.0..=100.0).contains(&m), "{m}");
         assert_eq!(r["classes"], 11);
+        assert!(r["ckpt"].as_str().unwrap().ends_with("step-00000001.safetensors"), "{}", r["ckpt"]);
         assert_eq!(r["grid_h"], 4, "32-px crops, CIFAR stem: a 4x4 grid");
         assert_eq!(r["mask_h_px"], 32, "masks follow the 28 -> 32 eval resize");
         assert_eq!(r["n_val_used"], 12);

@@ -512,6 +512,42 @@ mod tests {
         assert_eq!(mask_eval_transform(&id, 3, 3), id.ids);
     }
 
+    fn write_png(path: &Path, w: u32, h: u32, color: png::ColorType, depth: png::BitDepth, data: &[u8]) {
+        let f = std::io::BufWriter::new(fs::File::create(path).unwrap());
+        let mut e = png::Encoder::new(f, w, h);
+        e.set_color(color);
+        e.set_depth(depth);
+        if color == png::ColorType::Indexed {
+            e.set_palette(vec![7u8; 3 * 16]);
+        }
+        e.write_header().unwrap().write_image_data(data).unwrap();
+    }
+
+    #[test]
+    fn png_masks_give_palette_indices_not_colours() {
+        let d = std::env::temp_dir().join(format!("lewel-dense-png-{}", std::process::id()));
+        fs::create_dir_all(&d).unwrap();
+        // 4-bit palette, 3x2: rows packed two pixels a byte (row length rounds up to 2 bytes)
+        let p4 = d.join("p4.png");
+        write_png(&p4, 3, 2, png::ColorType::Indexed, png::BitDepth::Four, &[0x12, 0x30, 0xF0, 0x50]);
+        assert_eq!(read_png_ids(&p4).unwrap(), Mask { w: 3, h: 2, ids: vec![1, 2, 3, 15, 0, 5] });
+        // 8-bit palette and 8-bit greyscale: the bytes themselves
+        let p8 = d.join("p8.png");
+        write_png(&p8, 2, 1, png::ColorType::Indexed, png::BitDepth::Eight, &[9, 14]);
+        assert_eq!(read_png_ids(&p8).unwrap().ids, vec![9, 14]);
+        let g8 = d.join("g8.png");
+        write_png(&g8, 2, 1, png::ColorType::Grayscale, png::BitDepth::Eight, &[0, 255]);
+        assert_eq!(read_png_ids(&g8).unwrap().ids, vec![0, 255]);
+        // RGB is refused, naming the file and what a mask must be
+        let rgb = d.join("rgb.png");
+        write_png(&rgb, 1, 1, png::ColorType::Rgb, png::BitDepth::Eight, &[1, 2, 3]);
+        let e = read_png_ids(&rgb).unwrap_err().to_string();
+        assert!(e.contains("rgb.png") && e.contains("palette PNG"), "{e}");
+        fs::write(d.join("junk.png"), b"not a png").unwrap();
+        assert!(read_png_ids(&d.join("junk.png")).unwrap_err().to_string().contains("not a readable PNG mask"));
+        fs::remove_dir_all(&d).unwrap();
+    }
+
     #[test]
     fn out_of_range_ids_are_found_and_named() {
         assert_eq!(bad_id(&[0, 3, 255, 4, 9], Some(5)), Some((4, 9)));
