@@ -643,6 +643,7 @@ pub fn run(
         shuffle: true,
         drop_last: true,
         strict: cfg.strict,
+        shuffle_buffer: crate::data::shards::DEFAULT_SHUFFLE_BUFFER,
     };
     let source = Labelled(LabelledLoader::new(subset.data.clone(), recipe.clone(), lc_data)?);
     let val = EvalLoader::new(

@@ -313,3 +313,55 @@ pub fn bad_data(dir: &std::path::Path) -> BadData {
     symlink(".", &bad[7].0).expect("folder symlink");
     BadData { dir: dir.to_path_buf(), good: 8, bad }
 }
+
+/// Writes the tar file `path` holding `members` (name, bytes) in that order, the same bytes every time (mode
+/// 0644, mtime 0, owner 0): test shards.
+pub fn write_tar(path: &std::path::Path, members: &[(String, Vec<u8>)]) {
+    let mut b = tar::Builder::new(std::fs::File::create(path).expect("create a tar file"));
+    for (name, bytes) in members {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(bytes.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        h.set_cksum();
+        b.append_data(&mut h, name, &bytes[..]).expect("append a tar member");
+    }
+    b.into_inner().expect("finish a tar file").sync_all().expect("sync a tar file");
+}
+
+/// The six photos of `fixtures/photos-96` (96 px PNGs), as (file stem, bytes), in sorted order.
+pub fn photos() -> Vec<(String, Vec<u8>)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/photos-96");
+    let mut v: Vec<_> = std::fs::read_dir(&dir)
+        .expect("fixtures/photos-96")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .map(|p| (p.file_stem().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+        .collect();
+    v.sort();
+    v
+}
+
+/// `shards` tar shards `dir/shard-00000K.tar` (webdataset layout) of `per` samples each: sample j of shard k is
+/// photo (k * per + j) % 6 of [`photos`] under the key `KKKJJJ`, with a `.cls` member (that number % `classes`)
+/// when `classes > 0`. Returns the shard paths.
+pub fn photo_shards(dir: &std::path::Path, shards: usize, per: usize, classes: usize) -> Vec<std::path::PathBuf> {
+    std::fs::create_dir_all(dir).expect("create the shards folder");
+    let photos = photos();
+    (0..shards)
+        .map(|k| {
+            let mut members = Vec::new();
+            for j in 0..per {
+                let n = k * per + j;
+                let key = format!("{k:03}{j:03}");
+                members.push((format!("{key}.png"), photos[n % photos.len()].1.clone()));
+                if classes > 0 {
+                    members.push((format!("{key}.cls"), format!("{}", n % classes).into_bytes()));
+                }
+            }
+            let p = dir.join(format!("shard-{k:06}.tar"));
+            write_tar(&p, &members);
+            p
+        })
+        .collect()
+}

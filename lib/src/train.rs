@@ -138,7 +138,14 @@ pub enum Input {
         recipe: Box<crate::data::Recipe>,
         /// An unreadable image stops the run (else it is replaced, and reported as a `warn` event).
         strict: bool,
+        /// Tar shards: the shuffle buffer's items (see `data::shards`).
+        #[serde(default = "default_shuffle_buffer")]
+        shuffle_buffer: usize,
     },
+}
+
+fn default_shuffle_buffer() -> usize {
+    crate::data::shards::DEFAULT_SHUFFLE_BUFFER
 }
 
 /// Settings that do not change the run's numbers (not part of the resume check).
@@ -213,7 +220,7 @@ impl Source {
     fn open(input: &Input, cfg: &PretrainConfig, threads: usize, device: Device) -> Result<Source> {
         Ok(match input {
             Input::Views { path } => Source::Views(ViewsFile::open(path)?.pinned_for(device)),
-            Input::Data { path, root, recipe, strict } => {
+            Input::Data { path, root, recipe, strict, shuffle_buffer } => {
                 let data = crate::data::open(&crate::data::DataSpec {
                     path: path.clone(),
                     root: root.clone(),
@@ -227,6 +234,7 @@ impl Source {
                     shuffle: true,
                     drop_last: true,
                     strict: *strict,
+                    shuffle_buffer: *shuffle_buffer,
                 };
                 Source::Data(
                     crate::data::TwoViewLoader::new(data, (**recipe).clone(), lc)?

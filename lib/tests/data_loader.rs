@@ -17,7 +17,16 @@ fn ds(rel: &str) -> Arc<dyn Dataset> {
 }
 
 fn cfg(threads: usize, batch: usize, drop_last: bool) -> LoaderConfig {
-    LoaderConfig { seed: 5, batch_size: batch, threads, prefetch: 2, shuffle: true, drop_last, strict: false }
+    LoaderConfig {
+        seed: 5,
+        batch_size: batch,
+        threads,
+        prefetch: 2,
+        shuffle: true,
+        drop_last,
+        strict: false,
+        shuffle_buffer: 1000,
+    }
 }
 
 fn all(loader: &TwoViewLoader, epoch: u64, start: usize) -> Vec<RawBatch> {

@@ -167,6 +167,7 @@ pub fn run(cfg: &AugmentConfig, sink: &mut dyn EventSink) -> Result<AugmentSumma
             shuffle: true,
             drop_last: false,
             strict: cfg.strict,
+            shuffle_buffer: crate::data::shards::DEFAULT_SHUFFLE_BUFFER,
         },
     )?;
     let s = cfg.recipe.size as usize;

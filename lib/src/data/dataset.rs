@@ -8,6 +8,7 @@
 //! | a list file of bare names `n01440764_10026.JPEG` (SimCLR's `1percent.txt`, CRLF or LF) | `list` | the synset (name before `_`) is the folder `<root>/<synset>/<name>`; the label is its index among the sorted class folders of `--root` (required) |
 //! | `*-images-idx3-ubyte[.gz]` (MNIST, Fashion-MNIST) | `idx` | from `*-labels-idx1-ubyte[.gz]` next to it, if present; grey becomes 3 channels |
 //! | `.npy` uint8 `[N,H,W]` or `[N,H,W,C]` (C = 1, 3 or 4; alpha dropped) | `npy-u8` | from `NAME.labels.npy` next to `NAME.npy` (integers `[N]`), if present |
+//! | tar shards in the webdataset layout (`KEY.jpg` + `KEY.cls` members): a brace pattern `'shard-{000000..000099}.tar'`, a list of `.tar` files, a folder of them, one `.tar` ([`crate::data::shards`]) | `shards` | the `.cls` members (ASCII integers), if any |
 //! | `.npy` float32 `[N,3,H,W]`, already normalised | `npy-f32` | none; used as they are: [`Dataset::load`] refuses (no augmentation is possible), [`Dataset::load_prepared`] gives the tensor |
 //!
 //! Image files are recognised by extension in folders (`.jpg .jpeg .png .webp`, any case; other files
@@ -77,6 +78,11 @@ pub trait Dataset: Send + Sync {
     fn prepared(&self) -> Option<PreparedShape> {
         None
     }
+    /// For tar shards ([`crate::data::shards`]): the number of items of each shard; the items of shard k are
+    /// the next that many indices after those of the shards before it. The loaders order such data shard-wise.
+    fn shard_sizes(&self) -> Option<&[usize]> {
+        None
+    }
     /// Item `i` of already-normalised tensor data (CHW f32).
     fn load_prepared(&self, i: usize) -> Result<Vec<f32>> {
         let _ = i;
@@ -88,6 +94,13 @@ pub trait Dataset: Send + Sync {
 /// IDX or `.npy` file is an error naming the file and the fix.
 pub fn open(spec: &DataSpec) -> Result<Arc<dyn Dataset>> {
     let path = &spec.path;
+    if let Some(shards) = crate::data::shards::recognise(path, spec.root.as_deref())? {
+        let ds = crate::data::shards::TarShards::open(path.display().to_string(), shards)?;
+        if ds.is_empty() {
+            bail!("DATA {}: no samples with an image member found ({})", path.display(), ds.describe());
+        }
+        return Ok(Arc::new(ds));
+    }
     let meta = fs::metadata(path).with_context(|| format!("DATA {}: no such file or folder", path.display()))?;
     let ds: Arc<dyn Dataset> = if meta.is_dir() {
         Arc::new(FileList::from_folder(path)?)
@@ -153,7 +166,7 @@ fn data_files_hint(dir: &Path) -> Option<String> {
 /// The image extensions looked for in folders.
 pub const IMAGE_EXTENSIONS: [&str; 4] = ["jpg", "jpeg", "png", "webp"];
 
-fn is_image_name(p: &Path) -> bool {
+pub(crate) fn is_image_name(p: &Path) -> bool {
     p.extension().and_then(|e| e.to_str()).is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
 }
 

@@ -6,6 +6,8 @@
 //! draw from generators keyed by (seed, e, i, view). Nothing depends on which thread does what, so
 //! the same seed gives byte-identical batches with 1 or N threads, and [`TwoViewLoader::epoch`] with
 //! `start_step = k` yields exactly the batches k.. of the full epoch without decoding batches 0..k.
+//! Tar shards are ordered shard-wise instead (shards shuffled, then a bounded shuffle buffer, one run of
+//! shards per rank: [`crate::data::shards`]), as a pure function of (seed, epoch, shard sizes) all the same.
 //!
 //! # Threads and prefetch
 //! A producer thread per epoch keeps up to `prefetch` batches in the making at once on a rayon pool
@@ -59,6 +61,9 @@ pub struct LoaderConfig {
     pub drop_last: bool,
     /// A bad item is an error instead of being replaced.
     pub strict: bool,
+    /// Tar shards only: the items of the bounded shuffle buffer after the shards are shuffled (0 or 1: none; see
+    /// [`crate::data::shards`]). Other data are shuffled whole.
+    pub shuffle_buffer: usize,
 }
 
 impl Default for LoaderConfig {
@@ -71,6 +76,7 @@ impl Default for LoaderConfig {
             shuffle: true,
             drop_last: true,
             strict: false,
+            shuffle_buffer: crate::data::shards::DEFAULT_SHUFFLE_BUFFER,
         }
     }
 }
@@ -323,9 +329,21 @@ impl TwoViewLoader {
         }
     }
 
-    /// The order of `epoch`'s items.
+    /// The order of `epoch`'s items: a shuffle of all of them, or for tar shards the shards shuffled, cut
+    /// into one run per rank, each through the shuffle buffer ([`crate::data::shards::shard_epoch_order`]).
     pub fn order(&self, epoch: u64) -> Vec<usize> {
-        epoch_order(self.dataset.len(), self.cfg.seed, epoch, self.cfg.shuffle)
+        match self.dataset.shard_sizes() {
+            Some(sizes) => crate::data::shards::shard_epoch_order(
+                sizes,
+                self.cfg.seed,
+                epoch,
+                self.cfg.shuffle,
+                self.cfg.shuffle_buffer,
+                self.shard.1,
+                self.cfg.batch_size,
+            ),
+            None => epoch_order(self.dataset.len(), self.cfg.seed, epoch, self.cfg.shuffle),
+        }
     }
 
     /// The batches `start_step..` of `epoch` as tensors. The workers write the views straight into the

@@ -2,6 +2,7 @@
 //! named recipes, and the deterministic parallel loaders that feed `pretrain`, `embed` and `augment`.
 //!
 //! - [`dataset`]: [`DataSpec`], [`open`], the [`Dataset`] trait and the file readers; [`arrays`]: IDX and `.npy`.
+//! - [`shards`]: tar shards (webdataset layout), indexed at open, read in place; their epoch order.
 //! - [`decode`]: JPEG/PNG/WebP to upright 8-bit RGB, with a decompression-bomb cap.
 //! - [`ops`]: each augmentation's application; [`view`]: drawing a view's parameters and applying them.
 //! - [`recipe`]: the presets (`lewel-b`, `byol`, `mocov2`, `-small` variants) and `--set` overrides.
@@ -18,7 +19,7 @@
 //! let data = open(&DataSpec { path: "photos/".into(), root: None, strict: false })?;
 //! let mut recipe = Recipe::preset("lewel-b")?;
 //! recipe.set("blur_p2=0.0")?; // any parameter, by name
-//! let cfg = LoaderConfig { seed: 1, batch_size: 64, threads: 0, prefetch: 2, shuffle: true, drop_last: true, strict: false };
+//! let cfg = LoaderConfig { seed: 1, batch_size: 64, threads: 0, prefetch: 2, shuffle: true, drop_last: true, strict: false, shuffle_buffer: 1000 };
 //! let loader = TwoViewLoader::new(data, recipe, cfg)?;
 //! let (epoch, start_step) = (0, 0); // from a checkpoint when resuming
 //! for batch in loader.epoch(epoch, start_step) {
@@ -39,6 +40,7 @@ pub mod npy;
 pub mod ops;
 pub mod recipe;
 pub mod rng;
+pub mod shards;
 pub mod view;
 
 pub use dataset::{open, DataSpec, Dataset};

@@ -183,6 +183,7 @@ impl<'a> AugmentedBatches<'a> {
             shuffle: true,
             drop_last: false,
             strict,
+            shuffle_buffer: crate::data::shards::DEFAULT_SHUFFLE_BUFFER,
         };
         Ok(AugmentedBatches {
             loader: TwoViewLoader::new(data.clone(), recipe, cfg)?,

@@ -32,7 +32,8 @@ struct Args {
     /// The checkpoint: ours (file, `latest`, run folder), an exported backbone, or an official one.
     #[arg(long, value_name = "CKPT")]
     ckpt: PathBuf,
-    /// The images (DATA): an image folder, a list file, IDX files (.gz or raw) or a .npy array.
+    /// The images (DATA): an image folder, a list file, IDX files (.gz or raw), a .npy array, or tar shards
+    /// (a quoted brace pattern 'shard-{000000..000099}.tar', a list of .tar files, a folder of them; labels from .cls).
     #[arg(long, value_name = "DATA")]
     data: PathBuf,
     /// For list files: the folder their paths are relative to.

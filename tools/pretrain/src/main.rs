@@ -37,7 +37,8 @@ const EXAMPLE: &str = "  augment images/ --recipe lewel-b-small --out views.npy
 #[command(name = "pretrain", version, args_override_self = true, after_help = lewel::stub::help_tail(EXAMPLE))]
 struct Args {
     /// The images (DATA): an image folder (class sub-folders or flat), a list file, IDX files (MNIST,
-    /// Fashion-MNIST; .gz or raw) or a .npy array; augmented on the fly with --recipe.
+    /// Fashion-MNIST; .gz or raw), a .npy array, or tar shards (webdataset layout: a quoted brace pattern
+    /// 'shard-{000000..000099}.tar', a list of .tar files, a folder of them); augmented on the fly with --recipe.
     data: Option<PathBuf>,
 
     /// For list files: the folder their paths are relative to.
@@ -67,6 +68,13 @@ struct Args {
     /// shorter than its RIFF size: "truncated" in the reason); bytes after a JPEG's EOI are accepted, as PIL does.
     #[arg(long)]
     strict: bool,
+
+    /// Tar shards only: the items of the bounded shuffle buffer that follows the shuffle of the shards, as in
+    /// webdataset's `shuffle(N)` (0 or 1: shards in shuffled order, items in archive order). It holds indices, not
+    /// images, so a large one costs no memory, only read locality; the order stays a pure function of (seed,
+    /// epoch), so --resume is exact. Default 1000, about one shard of ImageNet's usual 1,000-1,300 images.
+    #[arg(long, default_value_t = lewel::data::shards::DEFAULT_SHUFFLE_BUFFER, value_name = "N")]
+    shuffle_buffer: usize,
 
     /// Pre-augmented, normalised view pairs: float32 [N,2,3,H,W] .npy (from `augment`), read in file
     /// order, --batch-size at a time, a last partial batch dropped.
@@ -306,6 +314,7 @@ impl Args {
                 root: self.root.clone(),
                 recipe: Box::new(self.recipe(&c)?),
                 strict: self.strict,
+                shuffle_buffer: self.shuffle_buffer,
             };
         }
         if let Some(i) = &self.init {
