@@ -102,12 +102,12 @@ fn a_corrupt_member_and_a_truncated_shard_are_replaced_and_reported_or_fatal_wit
     let at = bytes.windows(10).position(|w| w == b"002003.png").unwrap() + 512 + 100;
     std::fs::write(&paths[2], &bytes[..at]).unwrap();
     let pattern = format!("{}/shard-{{000000..000002}}.tar", dir.display());
-    let ev = ok(&pretrain(&pattern, &d.join("a"), &["--epochs", "1"]));
+    let ev = ok(&pretrain(&pattern, &d.join("a"), &["--epochs", "1", "--warmup-epochs", "0"]));
     let warns = ev.iter().filter(|e| e["event"] == "warn").map(|e| e.to_string()).collect::<Vec<_>>().join("\n");
     assert!(warns.contains("shard-000001.tar:001001.png"), "{warns}");
     assert!(warns.contains("shard-000002.tar:002003.png") && warns.contains("truncated shard"), "{warns}");
     assert_eq!(losses(&ev).len(), 3);
-    let o = pretrain(&pattern, &d.join("b"), &["--epochs", "1", "--strict"]);
+    let o = pretrain(&pattern, &d.join("b"), &["--epochs", "1", "--warmup-epochs", "0", "--strict"]);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains(".tar:00") && err.contains("--strict"), "{err}");
