@@ -37,6 +37,7 @@ FLAGS=(--preset small-lewelb --width 8)
 # same way: what the pre-training must beat.
 rm -rf "$OUT/run" "$OUT/init"
 stage pretrain-init "$BIN/pretrain" "$TRAIN" "${FLAGS[@]}" --max-steps 0 -q --out "$OUT/init" >"$OUT/init.jsonl"
+say "pretrain runs the first $STEPS steps of a 4-epoch schedule; where they end inside its 1-epoch warm-up, the warn event saying so is expected"
 stage pretrain "$BIN/pretrain" "$TRAIN" "${FLAGS[@]}" --epochs 4 --max-steps "$STEPS" \
   --log-every 10 --out "$OUT/run" >"$OUT/pretrain.jsonl"
 # evaluate NAME CKPT: the two probes of CKPT's backbone (features of both splits, kNN, linear).

@@ -98,6 +98,27 @@ impl RunDir {
         Ok(true)
     }
 
+    /// For a fresh start into this folder: an earlier start that never reached its first step (no checkpoint,
+    /// no step event: killed while it loaded its data, say) is not a run, and is removed, saying so on stderr.
+    /// A folder that holds a run is an error that says how to continue it.
+    pub fn claim_for_new_run(&self, tool: &str) -> Result<()> {
+        if !self.config_path().exists() {
+            return Ok(());
+        }
+        if self.remove_if_unstarted(false)? {
+            fsio::ensure_writable_dir(&self.ckpt_dir())?;
+            eprintln!(
+                "{tool}: {} held a start that never reached its first step (no checkpoint, no step); replacing it",
+                self.root.display()
+            );
+            return Ok(());
+        }
+        anyhow::bail!(
+            "{} already holds a run; continue it with --resume {0}, or choose another --out",
+            self.root.display()
+        )
+    }
+
     /// For a fresh start (`created`: whether it made the folder): when `result` is an error and the run never
     /// started, removes what it wrote ([`RunDir::remove_if_unstarted`]) and tells stderr so. Returns `result`.
     pub fn forget_if_refused<T>(&self, tool: &str, created: bool, result: Result<T>) -> Result<T> {

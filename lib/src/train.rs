@@ -1120,7 +1120,8 @@ pub fn run(
     let spe = (source.len() / cfg.batch_size) as u64;
     let warmup_steps = cfg.warmup_epochs * spe;
     if let (false, Some(m)) = (opts.resume, opts.max_steps) {
-        if m < warmup_steps && m < spe * cfg.epochs {
+        // --max-steps 0 is no training at all (the random backbone), not a run cut short
+        if m > 0 && m < warmup_steps && m < spe * cfg.epochs {
             sink.emit(&Event::new(TOOL, "warn").str(
                 "message",
                 format!(

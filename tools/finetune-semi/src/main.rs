@@ -182,12 +182,7 @@ fn run(args: Args) -> Result<()> {
         let out = args.run.out.as_ref().expect("clap requires --out without --resume");
         created = Some(!out.exists());
         let run_dir = RunDir::create(out)?;
-        if run_dir.config_path().exists() {
-            anyhow::bail!(
-                "{} already holds a run; continue it with --resume {0}, or choose another --out",
-                out.display()
-            );
-        }
+        run_dir.claim_for_new_run(semi::TOOL)?;
         (cfg, run_dir)
     };
 

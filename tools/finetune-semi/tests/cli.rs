@@ -278,6 +278,17 @@ fn bad_inputs_fail_clearly() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("nothing was kept") && !r3.exists(), "{err}");
     ok(&semi(&ck, &r3, &["--epochs", "1", "--milestones", "1", "--eval-every", "1"]));
+    // ... and then it holds a run: a second start is refused, pointing at --resume
+    let out = semi(&ck, &r3, &["--epochs", "1", "--milestones", "1", "--eval-every", "1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.code() == Some(1) && err.contains("already holds a run") && err.contains("--resume"), "{err}");
+    // a start killed before its first step (its config.json, no checkpoint, no step) is not a run: replaced
+    let r4 = d.join("r4");
+    std::fs::create_dir_all(r4.join("ckpt")).unwrap();
+    std::fs::copy(r3.join("config.json"), r4.join("config.json")).unwrap();
+    let out = semi(&ck, &r4, &["--epochs", "1", "--milestones", "1", "--eval-every", "1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains("never reached its first step"), "{err}");
     std::fs::remove_dir_all(&d).unwrap();
 }
 

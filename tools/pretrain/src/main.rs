@@ -445,12 +445,7 @@ fn run(args: Args) -> Result<()> {
         }
         let created = !out.exists();
         let run_dir = RunDir::create(out)?;
-        if run_dir.config_path().exists() {
-            anyhow::bail!(
-                "{} already holds a run; continue it with --resume {0}, or choose another --out",
-                out.display()
-            );
-        }
+        run_dir.claim_for_new_run("pretrain")?;
         run_dir.write_config(&serde_json::json!({ "pretrain": cfg }))?;
         lewel::dist::barrier()?;
         // A start refused before its first step (a setting that does not fit the data, an unreadable input)

@@ -114,6 +114,8 @@ fn resume_is_bit_exact() {
         (Some("max-steps"), Some(0))
     );
     assert!(d.join("zero/ckpt/step-00000000.safetensors").is_file());
+    // no training at all is not a run stopped inside its warm-up: nothing to warn of
+    assert!(zero.iter().all(|e| e["event"] != "warn"), "--max-steps 0 warned: {zero:?}");
     let from_zero = ok(&pretrain(&["--resume", d.join("zero").to_str().unwrap(), "--log-every", "1", "--quiet"]));
     assert_eq!(steps(&from_zero), full, "a run resumed from its --max-steps 0 checkpoint differs");
     let _ = std::fs::remove_dir_all(&d);
@@ -325,6 +327,28 @@ fn a_refused_start_names_the_preset_and_leaves_nothing_behind() {
     let r = run(&[&moco[..], &["--queue-size", "8"]].concat());
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     assert!(out.join("ckpt/latest").exists());
+    // a start killed before its first step (config.json and a start event, no checkpoint, no step) is not a run:
+    // a new start replaces it, saying so; a folder that holds a step stays a run
+    let killed = d.join("killed");
+    std::fs::create_dir_all(killed.join("ckpt")).unwrap();
+    std::fs::copy(out.join("config.json"), killed.join("config.json")).unwrap();
+    std::fs::write(killed.join("events.jsonl"), "{\"v\":1,\"tool\":\"pretrain\",\"event\":\"start\"}\n").unwrap();
+    let k = killed.to_str().unwrap();
+    let again = |extra: &[&str]| {
+        let mut a = base.to_vec();
+        a[3] = k;
+        pretrain(&[&a[..], &moco[..], &["--queue-size", "8"], extra].concat())
+    };
+    let r = again(&[]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        r.status.success() && err.contains("never reached its first step") && err.contains("replacing it"),
+        "{err}"
+    );
+    let r = again(&[]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{err}");
+    assert!(err.contains("already holds a run") && err.contains("--resume"), "{err}");
     let _ = std::fs::remove_dir_all(&d);
 }
 
