@@ -97,24 +97,7 @@ subset() {
   case $TRAIN in *.npy) sub=$OUT/data/train-first$TRAIN_N.npy ;; esac
   if [ ! -f "$sub" ]; then
     mkdir -p "$OUT/data"
-    "$PYTHON" - "$TRAIN" "$TRAIN_N" "$sub" <<'PYEOF' >&2 || return 1
-import gzip, os, sys, numpy as np
-src, n, dst = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-if src.endswith(".npy"):
-    x = np.load(src, mmap_mode="r")
-    assert n <= len(x), f"TRAIN_N={n} is more than the {len(x)} training images"
-    np.save(dst[:-4] + ".labels.npy", np.load(src[:-4] + ".labels.npy")[:n])
-    np.save(dst[:-4] + ".part.npy", np.ascontiguousarray(x[:n]))
-    os.replace(dst[:-4] + ".part.npy", dst)
-else:
-    op = gzip.open if src.endswith(".gz") else open
-    im = op(src, "rb").read()
-    lb = op(src.replace("images-idx3", "labels-idx1"), "rb").read()
-    assert n <= int.from_bytes(im[4:8], "big"), f"TRAIN_N={n} is more than the training set"
-    open(dst.replace("images-idx3", "labels-idx1"), "wb").write(lb[:4] + n.to_bytes(4, "big") + lb[8:8 + n])
-    open(dst + ".part", "wb").write(im[:4] + n.to_bytes(4, "big") + im[8:16] + im[16:16 + n * 784])
-    os.replace(dst + ".part", dst)
-PYEOF
+    "$PYTHON" "$top/benches/learning/subset.py" "$TRAIN" 0 "$TRAIN_N" "$sub" >&2 || return 1
   fi
   echo "$sub"
 }

@@ -6,7 +6,8 @@
 #   benches/learning/sweep.sh fmnist      # Fashion-MNIST: 10,000 of the training images to pre-train on and as
 #                                         # the memory, 5,000 others as the held-out queries (IDX, made here)
 #   benches/learning/sweep.sh scenes      # the where-to-learn scenes (benches/learning/make-scenes.sh): their
-#                                         # train split, queries from their held-out split
+#                                         # train split (TRAIN_N: its first TRAIN_N scenes), queries from their
+#                                         # held-out split
 #
 # Each variant is a line "NAME FLAGS..." of pretrain flags (VARIANTS, or the file VARIANTS_FILE); "init" in the
 # flags' place scores the random backbone (--max-steps 0 of the first variant's preset and seed). A finished
@@ -33,24 +34,20 @@ case $bench in
     FM=${FMNIST:-/usr/share/datasets/fashion-mnist}
     [ -f "$FM/train-images-idx3-ubyte.gz" ] || { echo "sweep: no Fashion-MNIST in $FM (apt-get install dataset-fashion-mnist)" >&2; exit 1; }
     split=$OUT/split
-    if [ ! -f "$split/done" ]; then
-      mkdir -p "$split"
-      "$PYTHON" - "$FM" "$split" <<'PYEOF' || exit 1
-import gzip, os, sys
-src, dst = sys.argv[1], sys.argv[2]
-im = gzip.open(os.path.join(src, "train-images-idx3-ubyte.gz")).read()
-lb = gzip.open(os.path.join(src, "train-labels-idx1-ubyte.gz")).read()
-for part, lo, hi in (("tr10k", 0, 10000), ("ho5k", 50000, 55000)):
-    n = hi - lo
-    open(f"{dst}/{part}-images-idx3-ubyte", "wb").write(im[:4] + n.to_bytes(4, "big") + im[8:16] + im[16 + lo * 784:16 + hi * 784])
-    open(f"{dst}/{part}-labels-idx1-ubyte", "wb").write(lb[:4] + n.to_bytes(4, "big") + lb[8 + lo:8 + hi])
-PYEOF
-      touch "$split/done"
-    fi
+    for part in "tr10k 0 10000" "ho5k 50000 55000"; do
+      set -- $part
+      [ -f "$split/$1-images-idx3-ubyte" ] ||
+        "$PYTHON" "$top/benches/learning/subset.py" "$FM/train-images-idx3-ubyte.gz" "$2" "$3" "$split/$1-images-idx3-ubyte" || exit 1
+    done
     TRAIN=$split/tr10k-images-idx3-ubyte QUERY=$split/ho5k-images-idx3-ubyte ;;
   scenes)
     dir=${SCENES:-$("$top/benches/learning/make-scenes.sh")} || exit 1
-    TRAIN=$dir/train.npy QUERY=$dir/heldout.npy ;;
+    TRAIN=$dir/train.npy QUERY=$dir/heldout.npy
+    if [ -n "${TRAIN_N:-}" ]; then  # pre-train on (and take the memory from) the first TRAIN_N train scenes only
+      sub=$OUT/split/train-first$TRAIN_N.npy
+      [ -f "$sub" ] || "$PYTHON" "$top/benches/learning/subset.py" "$TRAIN" 0 "$TRAIN_N" "$sub" || exit 1
+      TRAIN=$sub
+    fi ;;
   *) echo "sweep: unknown benchmark $bench (fmnist or scenes)" >&2; exit 2 ;;
 esac
 
