@@ -198,10 +198,97 @@ struct RawSample {
 }
 
 /// What one shard's index pass found.
+/// What one shard's index pass found, compact (a million samples are held at once while shards are indexed).
+#[derive(Default)]
 struct ShardIndex {
     bytes: u64,
-    samples: Vec<RawSample>,
+    /// (offset, length) of each sample's image.
+    items: Vec<(u64, u64)>,
+    /// The image member names, one after another; sample i's ends at `name_ends[i]`.
+    names: String,
+    name_ends: Vec<u32>,
+    /// Each sample's label, -1 for none.
+    labels: Vec<i64>,
+    /// Whether any sample has a `.cls` member.
+    labelled: bool,
+    /// Samples that fail to load, and why (a later entry for the same sample wins).
+    broken: Vec<(usize, String)>,
     ignored: usize,
+}
+
+impl ShardIndex {
+    fn push(&mut self, s: RawSample) {
+        let i = self.items.len();
+        let (name, offset, len) = s.image.unwrap_or((s.key, 0, 0));
+        self.items.push((offset, len));
+        self.names.push_str(&name);
+        self.name_ends.push(self.names.len() as u32);
+        self.labelled |= s.cls.is_some();
+        let label = match s.cls {
+            Some(Ok(l)) => l,
+            Some(Err(why)) => {
+                self.broken.push((i, why));
+                -1
+            }
+            None => -1,
+        };
+        self.labels.push(label);
+        if let Some(why) = s.broken {
+            self.broken.push((i, why));
+        }
+    }
+}
+
+/// A reader of a shard's headers: positioned reads (`pread`) of 4 KiB blocks, a seek only moves the position, so
+/// the headers of small members next to each other (an image's `.cls` and the next sample's header) come from one
+/// read. The tar crate alone did a read and a seek per member (8.2 s for 1.28 million samples; 3.4 s this way).
+struct Blocks<'a> {
+    file: &'a File,
+    size: u64,
+    pos: u64,
+    buf: Vec<u8>,
+    /// The file offset of `buf[0]`.
+    buf_at: u64,
+}
+
+impl Read for Blocks<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.pos >= self.size || out.is_empty() {
+            return Ok(0);
+        }
+        let in_buf = self.pos >= self.buf_at && self.pos < self.buf_at + self.buf.len() as u64;
+        if !in_buf {
+            if out.len() >= 4096 {
+                let n = self.file.read_at(out, self.pos)?;
+                self.pos += n as u64;
+                return Ok(n);
+            }
+            self.buf.resize(4096, 0);
+            let n = self.file.read_at(&mut self.buf, self.pos)?;
+            self.buf.truncate(n);
+            self.buf_at = self.pos;
+            if n == 0 {
+                return Ok(0);
+            }
+        }
+        let at = (self.pos - self.buf_at) as usize;
+        let n = out.len().min(self.buf.len() - at);
+        out[..n].copy_from_slice(&self.buf[at..at + n]);
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl std::io::Seek for Blocks<'_> {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        let new = match to {
+            std::io::SeekFrom::Start(p) => Some(p),
+            std::io::SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+            std::io::SeekFrom::End(d) => self.size.checked_add_signed(d),
+        };
+        self.pos = new.ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "seek before the start"))?;
+        Ok(self.pos)
+    }
 }
 
 /// Splits a member path into (key, extension): up to and after the first `.` of the file name.
@@ -215,12 +302,12 @@ fn key_and_ext(name: &str) -> Option<(&str, &str)> {
 fn index_shard(path: &Path) -> Result<ShardIndex> {
     let file = File::open(path).with_context(|| format!("could not open the shard {}", path.display()))?;
     let bytes = file.metadata().map(|m| m.len()).with_context(|| format!("could not read {}", path.display()))?;
-    let mut out = ShardIndex { bytes, samples: Vec::new(), ignored: 0 };
+    let mut out = ShardIndex { bytes, ..Default::default() };
     let mut cur: Option<RawSample> = None;
     let flush = |cur: &mut Option<RawSample>, out: &mut ShardIndex| {
         if let Some(s) = cur.take() {
             if s.image.is_some() || s.broken.is_some() {
-                out.samples.push(s);
+                out.push(s);
             } else {
                 out.ignored += 1;
             }
@@ -229,7 +316,7 @@ fn index_shard(path: &Path) -> Result<ShardIndex> {
     // The end of the last whole member's data, padded to a block.
     let mut end = 0u64;
     let mut last_member = String::new();
-    let mut archive = tar::Archive::new(&file);
+    let mut archive = tar::Archive::new(Blocks { file: &file, size: bytes, pos: 0, buf: Vec::new(), buf_at: 0 });
     let entries = match archive.entries_with_seek() {
         Ok(e) => e,
         Err(e) => bail!("could not read the shard {}: {e}", path.display()),
@@ -247,7 +334,7 @@ fn index_shard(path: &Path) -> Result<ShardIndex> {
                         "the shard is damaged at byte {end} ({e}): the rest of the shard (after {}) is skipped",
                         if last_member.is_empty() { "its start".to_string() } else { last_member.clone() }
                     );
-                    out.samples.push(RawSample { key: format!("@{end}"), broken: Some(why), ..Default::default() });
+                    out.push(RawSample { key: format!("@{end}"), broken: Some(why), ..Default::default() });
                 }
                 clean_end = false;
                 break;
@@ -312,7 +399,7 @@ fn index_shard(path: &Path) -> Result<ShardIndex> {
             Some(s) if s.broken.is_none() => s.broken = Some(why),
             _ => {
                 flush(&mut cur, &mut out);
-                out.samples.push(RawSample { key: format!("@{bytes}"), broken: Some(why), ..Default::default() });
+                out.push(RawSample { key: format!("@{bytes}"), broken: Some(why), ..Default::default() });
             }
         }
     }
@@ -359,7 +446,6 @@ impl TarShards {
                 missing[0].display()
             );
         }
-        let indexed: Vec<Result<ShardIndex>> = shards.par_iter().map(|p| index_shard(p)).collect();
         let mut ds = TarShards {
             source,
             shards: Vec::with_capacity(shards.len()),
@@ -373,46 +459,39 @@ impl TarShards {
             broken: HashMap::new(),
             ignored: 0,
         };
-        let mut labels: Vec<Option<i64>> = Vec::new();
+        let mut labels: Vec<i64> = Vec::new();
         let mut labelled = false;
-        for (k, (path, ix)) in shards.into_iter().zip(indexed).enumerate() {
-            let ix = ix?;
-            ds.shard_bytes.push(ix.bytes);
-            ds.sizes.push(ix.samples.len());
-            ds.ignored += ix.ignored;
-            for s in ix.samples {
-                let i = ds.items.len();
-                let (name, offset, len) = s.image.unwrap_or_else(|| (s.key.clone(), 0, 0));
-                ds.items.push(Item { shard: k as u32, offset, len });
-                ds.names.push_str(&name);
-                ds.name_ends.push(u32::try_from(ds.names.len()).context("member names of more than 4 GB")?);
-                let label = match s.cls {
-                    Some(Ok(l)) => {
-                        labelled = true;
-                        Some(l)
-                    }
-                    Some(Err(why)) => {
-                        labelled = true;
-                        ds.broken.entry(i).or_insert(why);
-                        None
-                    }
-                    None => None,
-                };
-                labels.push(label);
-                if let Some(why) = s.broken {
-                    ds.broken.insert(i, why);
+        // In parallel, 64 shards at a time: what is held besides the index is at most 64 shards' worth.
+        for chunk in shards.chunks(64) {
+            let indexed: Vec<Result<ShardIndex>> = chunk.par_iter().map(|p| index_shard(p)).collect();
+            for (path, ix) in chunk.iter().zip(indexed) {
+                let ix = ix?;
+                let (k, base, name_base) = (ds.shards.len() as u32, ds.items.len(), ds.names.len());
+                ds.shard_bytes.push(ix.bytes);
+                ds.sizes.push(ix.items.len());
+                ds.ignored += ix.ignored;
+                ds.items.extend(ix.items.iter().map(|&(offset, len)| Item { shard: k, offset, len }));
+                ds.names.push_str(&ix.names);
+                for e in ix.name_ends {
+                    let end = u32::try_from(name_base + e as usize).context("member names of more than 4 GB")?;
+                    ds.name_ends.push(end);
                 }
+                labels.extend_from_slice(&ix.labels);
+                labelled |= ix.labelled;
+                for (i, why) in ix.broken {
+                    ds.broken.insert(base + i, why);
+                }
+                ds.shards.push(path.clone());
             }
-            ds.shards.push(path);
         }
         if labelled {
-            for (i, l) in labels.iter().enumerate() {
-                if l.is_none() && !ds.broken.contains_key(&i) {
+            for (i, &l) in labels.iter().enumerate() {
+                if l < 0 && !ds.broken.contains_key(&i) {
                     ds.broken.insert(i, "no .cls label member, where other samples of the data have one".into());
                 }
             }
             // HACK: a bad item of labelled data keeps a label (0) so that batches stay labelled; it is never loaded.
-            let labels: Vec<i64> = labels.into_iter().map(|l| l.unwrap_or(0)).collect();
+            labels.iter_mut().for_each(|l| *l = (*l).max(0));
             ds.num_classes = labels.iter().max().map(|&m| m as usize + 1);
             ds.labels = Some(labels);
         }
