@@ -1,7 +1,8 @@
 //! Bounded fuzzing on stable Rust (RELIABILITY.md): seeded mutations of valid inputs through every reader of
 //! bytes that come from outside: the image decoder and the augmentation after it, the list-file parser, the IDX
 //! and `.npy` readers (DATA, features, labels), our checkpoints (safetensors with a matching sidecar hash) and the
-//! PyTorch importer (zip and legacy `torch.save` files, and the pickle machine alone); and one property target,
+//! PyTorch importer (zip and legacy `torch.save` files, and the pickle machine alone), the mask PNGs of
+//! `dense-probe`; and one property target,
 //! `truncated`: a decodable image cut short is refused or decodes to the same pixels, never to others.
 //!
 //! No cargo-fuzz: it needs a nightly toolchain and libFuzzer, which this project does not assume. Instead each
@@ -382,6 +383,42 @@ fn fuzz_idx_files() {
         for i in 0..ds.len().min(4) {
             let _ = (ds.label(i), ds.name(i), ds.load(i)?);
         }
+        Ok(())
+    });
+}
+
+fn png_mask(w: u32, h: u32, color: png::ColorType, depth: png::BitDepth, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    {
+        let mut e = png::Encoder::new(&mut out, w, h);
+        e.set_color(color);
+        e.set_depth(depth);
+        if color == png::ColorType::Indexed {
+            e.set_palette((0..=255u8).flat_map(|i| [i, 255 - i, i / 2]).collect::<Vec<u8>>());
+        }
+        e.write_header().unwrap().write_image_data(data).unwrap();
+    }
+    out
+}
+
+/// The segmentation masks of `dense-probe` (VOC's palette PNGs, 8-bit greyscale): read as class ids, one per pixel,
+/// or refused with an error.
+#[test]
+fn fuzz_mask_pngs() {
+    use png::{BitDepth, ColorType};
+    let seeds = vec![
+        png_mask(5, 3, ColorType::Indexed, BitDepth::Eight, &[0, 1, 2, 255, 3, 1, 1, 0, 0, 2, 255, 255, 4, 4, 0]),
+        png_mask(6, 2, ColorType::Indexed, BitDepth::Four, &[0x12, 0x30, 0xf1, 0x01, 0x23, 0x45]),
+        png_mask(9, 2, ColorType::Indexed, BitDepth::One, &[0b1010_1010, 0b1000_0000, 0b0101_0101, 0]),
+        png_mask(4, 4, ColorType::Grayscale, BitDepth::Eight, &(0..16).collect::<Vec<u8>>()),
+        png_mask(2, 2, ColorType::Rgb, BitDepth::Eight, &[0; 12]),
+    ];
+    let tokens: &[&[u8]] = &[b"IHDR", b"PLTE", b"IDAT", b"IEND", b"tRNS", b"\x89PNG\r\n\x1a\n"];
+    fuzz("mask-png", seeds, tokens, |bytes, work| {
+        let p = work.join("mask.png");
+        std::fs::write(&p, bytes)?;
+        let m = lewel::eval::dense::inputs::read_png_ids(&p)?;
+        assert_eq!(m.ids.len(), m.w * m.h, "a mask must hold one id per pixel");
         Ok(())
     });
 }

@@ -104,7 +104,7 @@ struct Args {
     protocol: Vec<Protocol>,
 
     /// Backbone stages read: 4 (the final map), or 3,4 (stage 3 with stage 4 upsampled to its grid, concatenated).
-    #[arg(long, value_name = "4|3,4", value_delimiter = ',', default_value = "4")]
+    #[arg(long, value_name = "4|3,4", value_delimiter = ',', default_value = "4", conflicts_with = "train_features")]
     layers: Vec<usize>,
 
     /// Class count: ids 0..N-1, 255 ignored (VOC: 21; scenes: 11) [default: the largest id in the masks + 1].

@@ -344,6 +344,12 @@ fn cached_feature_maps_and_their_checks() {
     assert_eq!(r[1]["bank_candidates"], 12 * 16);
     assert!(image::open(d.join("p.png")).unwrap().width() > 200, "a preview without images: masks only");
     fails(&run_tool(BIN, &["--train-features", s(&tr), "--val-features", s(&tr)]), 2, &["same file"]);
+    // cached maps were cut from their stages already: a --layers choice cannot apply to them, so it is refused
+    fails(
+        &run_tool(BIN, &["--train-features", s(&tr), "--val-features", s(&va), "--layers", "3,4"]),
+        2,
+        &["--layers", "--train-features"],
+    );
     let wrong = d.join("wrong.npy");
     lewel::testing::write_npy_f32(&wrong, &[2, 3], &[0.0; 6]);
     fails(

@@ -121,13 +121,15 @@ pub fn read_png_ids(path: &Path) -> Result<Mask> {
     let bad = |e: png::DecodingError| anyhow::anyhow!("{}: not a readable PNG mask ({e})", path.display());
     let decoder = png::Decoder::new(std::io::BufReader::new(f));
     let mut reader = decoder.read_info().map_err(bad)?;
+    // the header's size is checked before the frame's buffer is allocated (a decompression bomb)
+    let (hw, hh) = (reader.info().width as u64, reader.info().height as u64);
+    if hw * hh > MAX_PIXELS {
+        bail!("{}: {hw}x{hh} is larger than the {MAX_PIXELS}-pixel limit", path.display());
+    }
     let size = reader.output_buffer_size().with_context(|| format!("{}: the PNG is too large", path.display()))?;
     let mut buf = vec![0u8; size];
     let info = reader.next_frame(&mut buf).map_err(bad)?;
     let (w, h) = (info.width as usize, info.height as usize);
-    if w as u64 * h as u64 > MAX_PIXELS {
-        bail!("{}: {w}x{h} is larger than the {MAX_PIXELS}-pixel limit", path.display());
-    }
     let depth = info.bit_depth as usize;
     let ok = matches!(info.color_type, png::ColorType::Indexed) && matches!(depth, 1 | 2 | 4 | 8)
         || matches!(info.color_type, png::ColorType::Grayscale) && depth == 8;
