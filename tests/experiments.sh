@@ -10,7 +10,7 @@ exp=$(cd "$FIXTURES/../experiments" && pwd)
 out=$TMP/out
 # 4 steps of 32 images (the fixture has 200), a checkpoint every 2 steps, a step event every step.
 common=(BIN="$BIN" DATA="$FIXTURES/fashion-mnist-tiny" EPOCHS=1 MAX_STEPS=4
-  "PRETRAIN_FLAGS=--batch-size 32 --ckpt-every-steps 2 --log-every 1")
+  "PRETRAIN_FLAGS=--batch-size 32 --ckpt-every-steps 2 --log-every 1 --warmup-epochs 0")
 mk() { make -f "$exp/Makefile" --no-print-directory OUT="$out" "${common[@]}" "$@"; }
 evaluator() { "$exp/eval-new-checkpoints.sh" "$out" "${common[@]}"; }
 fail() { echo "experiments: $*" >&2; exit 1; }
@@ -104,3 +104,17 @@ changed=$( (diff <(echo "$before") <(snapshot) || true) | sed -n 's/^> \([^ ]*\)
   fail "re-making one result rewrote: $changed"
 [ "$(wc -l <"$out/results.jsonl")" = 8 ] || fail "the deleted result was computed again instead of read back"
 mk -q || fail "make -q: not up to date after re-making the result"
+
+# 7. A higher EPOCHS lengthens the runs in place (pretrain --extend-epochs), and the new checkpoints are evaluated.
+# (two makes: make lists the checkpoints when it starts, and the longer run prunes this test's step checkpoints,
+# which --keep-every-epochs does not keep; see the pre-training rule)
+logged make-6.log mk EPOCHS=2 MAX_STEPS=8 "$out/byol/pretrain.json"
+logged make-7.log mk EPOCHS=2 MAX_STEPS=8 "$out/byol/checkpoints.jsonl"
+grep -qF -- "--extend-epochs" "$TMP/make-6.log" || fail "EPOCHS=2 did not extend the byol run"
+jq -e '.status == "max-steps" and .step == 8' "$out/byol/pretrain.json" >/dev/null || fail "byol/pretrain.json after EPOCHS=2"
+jq -e '.pretrain.epochs == 2 and (.pretrain.extended | length == 1 and .[0].from_epochs == 1 and .[0].to_epochs == 2)' \
+  "$out/byol/run/config.json" >/dev/null || fail "byol's config.json does not record the extension"
+jq -se 'map(.step) | last == 8' "$out/byol/checkpoints.jsonl" >/dev/null ||
+  fail "the new checkpoints were not evaluated: $(jq -c .step "$out/byol/checkpoints.jsonl" | tr '\n' ' ')"
+mk -q EPOCHS=2 MAX_STEPS=8 "$out/byol/checkpoints.jsonl" || fail "make -q: not up to date after the extension"
+echo "experiments: ok"

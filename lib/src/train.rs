@@ -1053,10 +1053,14 @@ pub fn check_warmup(cfg: &PretrainConfig, origins: &Origins) -> Result<(), Lewel
     }
     Err(LewelError::Usage(format!(
         "{} is not shorter than {}: the lr would still be warming up when the run ends and never reach --lr; give \
-         --warmup-epochs {} or less (0: no warm-up), or more --epochs",
+         {}, or more --epochs",
         origins.value("--warmup-epochs", w),
         origins.value("--epochs", e),
-        e.saturating_sub(1)
+        if e <= 1 {
+            "--warmup-epochs 0 (no warm-up)".to_string()
+        } else {
+            format!("--warmup-epochs {} or less (0: no warm-up)", e - 1)
+        }
     )))
 }
 
@@ -1515,7 +1519,10 @@ mod tests {
         c.epochs = 1;
         let err = check_warmup(&c, &o).unwrap_err().to_string();
         assert!(err.starts_with("--warmup-epochs 1 (set by the preset small-lewelb) is not shorter than --epochs 1"));
-        assert!(err.contains("give --warmup-epochs 0 or less"), "{err}");
+        assert!(err.contains("give --warmup-epochs 0 (no warm-up)"), "{err}");
+        (c.epochs, c.warmup_epochs) = (3, 3);
+        let err = check_warmup(&c, &o).unwrap_err().to_string();
+        assert!(err.contains("give --warmup-epochs 2 or less (0: no warm-up), or more --epochs"), "{err}");
         c.warmup_epochs = 0;
         assert!(check_warmup(&c, &o).is_ok());
     }

@@ -395,7 +395,7 @@ fn preset_values_that_clash_with_the_data_or_flags_name_their_source() {
             vec!["--preset", "small-lewelb", "--batch-size", "4", "--epochs", "1"],
             vec![
                 "--warmup-epochs 1 (set by the preset small-lewelb) is not shorter than --epochs 1",
-                "give --warmup-epochs 0 or less",
+                "give --warmup-epochs 0 (no warm-up)",
             ],
         ),
         (
