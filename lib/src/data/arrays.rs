@@ -201,16 +201,7 @@ fn sample_values(v: &[f32]) -> Vec<f32> {
 /// Opens a `.npy` file of either kind.
 pub fn open_npy(path: &Path) -> Result<Arc<dyn Dataset>> {
     let bytes = fs::read(path).with_context(|| format!("could not read {}", path.display()))?;
-    let npy = crate::data::npy::open_checked(&bytes[..], bytes.len() as u64)
-        .with_context(|| format!("{}: not a valid .npy file", path.display()))?;
-    if npy.order() != npyz::Order::C {
-        bail!("{}: Fortran-ordered arrays are not supported; save it with np.ascontiguousarray", path.display());
-    }
-    let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
-    let descr = match npy.dtype() {
-        npyz::DType::Plain(ts) => ts.to_string(),
-        other => other.descr(),
-    };
+    let (npy, shape, descr) = crate::data::npy::open_c_order(path, &bytes)?;
     match (descr.as_str(), shape.as_slice()) {
         ("|u1" | "<u1" | ">u1", [n, h, w]) => {
             let (n, h, w) = (*n, *h, *w);

@@ -94,6 +94,29 @@ pub fn open_checked<R: std::io::Read>(mut reader: R, available: u64) -> anyhow::
     Ok(npyz::NpyFile::with_header(header, reader))
 }
 
+/// An opened C-order `.npy` over borrowed bytes: the reader, its shape and its dtype string.
+pub type COrderNpy<'a> = (npyz::NpyFile<&'a [u8]>, Vec<usize>, String);
+
+/// Opens the `.npy` bytes of `path` (its whole content) as a C-order array: the reader, its shape and its dtype
+/// string (`<f4`, `|u1`, ...). Fortran order and a bad header are errors naming the file.
+pub fn open_c_order<'a>(path: &std::path::Path, bytes: &'a [u8]) -> anyhow::Result<COrderNpy<'a>> {
+    use anyhow::Context;
+    let npy = open_checked(bytes, bytes.len() as u64)
+        .with_context(|| format!("{}: not a valid .npy file", path.display()))?;
+    if npy.order() != npyz::Order::C {
+        anyhow::bail!(
+            "{}: Fortran-ordered arrays are not supported; save it with np.ascontiguousarray",
+            path.display()
+        );
+    }
+    let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
+    let descr = match npy.dtype() {
+        npyz::DType::Plain(ts) => ts.to_string(),
+        other => other.descr(),
+    };
+    Ok((npy, shape, descr))
+}
+
 /// The `.npy` header for a little-endian float32 C-order array of `shape`, padded so the data starts
 /// at a multiple of 64 bytes.
 pub fn f32_header(shape: &[usize]) -> Vec<u8> {

@@ -50,16 +50,7 @@ pub fn masks_path(array: &Path) -> PathBuf {
 /// Reads a whole `.npy` of uint8 (shape and values), refusing other dtypes.
 fn read_u8_npy(path: &Path, what: &str) -> Result<(Vec<usize>, Vec<u8>)> {
     let bytes = fs::read(path).with_context(|| format!("could not read {what} {}", path.display()))?;
-    let npy = crate::data::npy::open_checked(&bytes[..], bytes.len() as u64)
-        .with_context(|| format!("{}: not a valid .npy file", path.display()))?;
-    if npy.order() != npyz::Order::C {
-        bail!("{}: Fortran-ordered arrays are not supported; save it with np.ascontiguousarray", path.display());
-    }
-    let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
-    let descr = match npy.dtype() {
-        npyz::DType::Plain(ts) => ts.to_string(),
-        other => other.descr(),
-    };
+    let (npy, shape, descr) = crate::data::npy::open_c_order(path, &bytes)?;
     if !matches!(descr.as_str(), "|u1" | "<u1" | ">u1") {
         bail!("{}: dtype {descr}; {what} must be uint8 (a.astype('uint8'))", path.display());
     }
