@@ -16,10 +16,18 @@ build: setup
 release: setup
 	$(CARGO) build --workspace --release
 
-## The whole suite: unit, black-box and cross-tool pipeline tests.
-test: setup
+## The whole suite: unit and black-box tests (`make unit`), then the cross-tool pipeline tests (`make e2e`).
+test: unit
+	$(MAKE) --no-print-directory e2e
+
+## The cargo tests of the workspace: every crate's unit tests and its tests/ folder (no e2e).
+unit: setup
 	$(CARGO) build --workspace --all-targets
 	$(CARGO) test --workspace --no-fail-fast
+
+## The cross-tool pipeline tests (tests/*.sh through scripts/e2e.sh) on a debug build;
+## LEWEL_E2E_ONLY=NAME runs tests/NAME.sh alone.
+e2e: build
 	./scripts/e2e.sh
 
 ## The learning guards' negative controls: each guard (tests/learning-guard.sh for LEWEL_M,
