@@ -154,7 +154,7 @@ struct RunData {
 }
 
 fn warn_event(sink: &mut dyn EventSink, msg: &str, file: Option<&str>, line: Option<usize>) -> Result<()> {
-    let mut e = Event::new(TOOL, "warn").str("msg", msg);
+    let mut e = Event::new(TOOL, "warn").str("message", msg);
     if let Some(f) = file {
         e = e.str("file", f);
     }

@@ -111,7 +111,7 @@ impl EventSink for Sink {
     fn emit(&mut self, event: &Event) -> Result<(), LewelError> {
         if event.kind() == "warn" {
             let v: serde_json::Value = serde_json::from_str(&event.to_line()).unwrap_or_default();
-            eprintln!("{TOOL}: warning: {}", v["msg"].as_str().unwrap_or("(no message)"));
+            eprintln!("{TOOL}: warning: {}", v["message"].as_str().unwrap_or("(no message)"));
         }
         match self.0.emit(event) {
             Err(LewelError::StdoutClosed) => Ok(()),

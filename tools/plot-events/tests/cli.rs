@@ -64,6 +64,8 @@ fn draws_two_runs_as_a_png() {
     let warns: Vec<&Value> = evs.iter().filter(|(k, _)| k == "warn").map(|(_, v)| v).collect();
     assert_eq!(warns.len(), 1, "{warns:?}");
     assert_eq!(warns[0]["line"], 142);
+    // The key every tool writes (it was `msg` here once).
+    assert!(warns[0]["message"].as_str().is_some_and(|m| m.contains("line 142")), "{warns:?}");
     assert!(stderr(&out).contains("plot-events: warning:") && stderr(&out).contains("line 142"), "{}", stderr(&out));
 
     let img = image::open(&out_png).unwrap().to_rgb8();
