@@ -20,7 +20,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use safetensors::tensor::{Dtype, View};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use tch::{Kind, Tensor};
 
 use crate::fsio;
@@ -134,10 +133,6 @@ fn parse_safetensors(bytes: &[u8]) -> Result<Vec<(String, Tensor)>> {
     Ok(out)
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// What a checkpoint's sidecar records.
 #[derive(Debug, Clone)]
 pub struct Sidecar {
@@ -155,7 +150,7 @@ pub fn save(dir: &Path, step: u64, epoch: u64, tensors: &[(String, Tensor)], inf
     // byte-identical from run to run (step and epoch are in the sidecar).
     let meta = HashMap::from([("format".to_string(), "lewel".to_string())]);
     let bytes = to_safetensors_bytes(tensors, Some(meta))?;
-    let sha = sha256_hex(&bytes);
+    let sha = crate::hex::sha256(&bytes);
     fsio::write_bytes_atomic(&path, &bytes)?;
     let mut side = serde_json::json!({
         "file": file_name(step),
@@ -199,7 +194,7 @@ pub struct Loaded {
 pub fn load_verified(ckpt: &Path) -> Result<Loaded> {
     let (sidecar, sha) = read_sidecar(ckpt)?;
     let bytes = fs::read(ckpt).with_context(|| format!("could not read {}", ckpt.display()))?;
-    let got = sha256_hex(&bytes);
+    let got = crate::hex::sha256(&bytes);
     if got != sha {
         bail!("{} is corrupt: its sha256 is {got}, the sidecar says {sha} (truncated or damaged file)", ckpt.display());
     }

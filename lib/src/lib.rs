@@ -29,6 +29,7 @@ pub mod exit;
 pub mod export;
 pub mod fault;
 pub mod fsio;
+pub mod hex;
 pub mod loss;
 pub mod model;
 pub mod monitor;

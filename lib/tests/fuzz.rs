@@ -531,11 +531,7 @@ fn fuzz_our_checkpoints() {
         let p = dir.join(lewel::ckpt::file_name(1));
         std::fs::write(&p, bytes)?;
         let mut side: serde_json::Value = serde_json::from_str(&sidecar).unwrap();
-        let sha: String = {
-            use sha2::Digest;
-            sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
-        };
-        side["sha256"] = sha.into();
+        side["sha256"] = lewel::hex::sha256(bytes).into();
         std::fs::write(lewel::ckpt::sidecar_path(&p), side.to_string())?;
         let _ = lewel::ckpt::read_safetensors(&p)?;
         lewel::ckpt::open_model(&p, tch::Device::Cpu)?;

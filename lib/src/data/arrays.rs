@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use image::RgbImage;
 use sha2::{Digest, Sha256};
 
-use crate::data::dataset::{hex16, Dataset, PreparedShape};
+use crate::data::dataset::{Dataset, PreparedShape};
 
 /// A cheap digest of a large byte array: its length, its first and last 64 KiB and 64 evenly spaced
 /// 4 KiB blocks (a fingerprint, not a checksum: it tells data sets apart in milliseconds).
@@ -150,7 +150,7 @@ impl Dataset for Idx {
         if let Some(l) = &self.labels {
             h.update(l);
         }
-        format!("idx:{}:{}", self.n, hex16(&h.finalize()))
+        format!("idx:{}:{}", self.n, crate::hex::short(&h.finalize()))
     }
 }
 
@@ -264,7 +264,7 @@ impl Dataset for NpyImages {
         if let Some(l) = &self.labels {
             h.update(l.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>());
         }
-        format!("npy-u8:{}:{}", self.n, hex16(&h.finalize()))
+        format!("npy-u8:{}:{}", self.n, crate::hex::short(&h.finalize()))
     }
 }
 
@@ -297,7 +297,7 @@ impl Dataset for NpyTensors {
         h.update(format!("{:?}", self.shape));
         let bytes: Vec<u8> = sample_values(&self.values).iter().flat_map(|v| v.to_le_bytes()).collect();
         sample_digest(&mut h, &bytes);
-        format!("npy-f32:{}:{}", self.shape[0], hex16(&h.finalize()))
+        format!("npy-f32:{}:{}", self.shape[0], crate::hex::short(&h.finalize()))
     }
     fn prepared(&self) -> Option<PreparedShape> {
         Some(PreparedShape { channels: self.shape[1], height: self.shape[2], width: self.shape[3] })

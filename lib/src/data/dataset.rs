@@ -446,11 +446,6 @@ impl Dataset for FileList {
             h.update(size.to_le_bytes());
             h.update(self.label(i).unwrap_or(-1).to_le_bytes());
         }
-        format!("{}:{}:{}", self.kind, self.files.len(), hex16(&h.finalize()))
+        format!("{}:{}:{}", self.kind, self.files.len(), crate::hex::short(&h.finalize()))
     }
-}
-
-/// The first 16 hex digits of a digest.
-pub(crate) fn hex16(d: &[u8]) -> String {
-    d.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }

@@ -70,7 +70,7 @@ use image::RgbImage;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
-use crate::data::dataset::{hex16, Dataset, IMAGE_EXTENSIONS};
+use crate::data::dataset::{Dataset, IMAGE_EXTENSIONS};
 use crate::data::decode::{decode_rgb, MAX_PIXELS};
 use crate::data::rng::{Rng, Stream};
 
@@ -558,7 +558,7 @@ impl Dataset for TarShards {
             h.update(it.len.to_le_bytes());
             h.update(self.label(i).unwrap_or(-1).to_le_bytes());
         }
-        format!("shards:{}:{}", self.items.len(), hex16(&h.finalize()))
+        format!("shards:{}:{}", self.items.len(), crate::hex::short(&h.finalize()))
     }
     fn shard_sizes(&self) -> Option<&[usize]> {
         Some(&self.sizes)

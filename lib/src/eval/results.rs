@@ -37,18 +37,14 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         }
         h.update(&buf[..n]);
     }
-    Ok(hex(&h.finalize()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    Ok(crate::hex::encode(&h.finalize()))
 }
 
 /// A stable hash of a protocol: sha256 of its JSON with the keys sorted, first 16 hex digits.
 pub fn protocol_hash(protocol: &Map<String, Value>) -> String {
     let sorted: BTreeMap<&String, &Value> = protocol.iter().collect();
     let text = serde_json::to_string(&sorted).expect("a JSON map serialises");
-    hex(&Sha256::digest(text.as_bytes()))[..16].to_string()
+    crate::hex::short(&Sha256::digest(text.as_bytes()))
 }
 
 /// The key of a result: (checkpoint sha256, or "" for cached features; protocol hash).

@@ -31,7 +31,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value as Json};
-use sha2::{Digest, Sha256};
 use tch::{nn::VarStore, Device, Tensor};
 
 use crate::ckpt;
@@ -161,10 +160,6 @@ fn warn(sink: &mut dyn EventSink, message: impl Into<String>) -> Result<()> {
     Ok(())
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Runs the export: import, start event, write, verify, end event.
 pub fn run(cfg: &ExportConfig, sink: &mut dyn EventSink) -> Result<ExportReport> {
     let t0 = std::time::Instant::now();
@@ -239,7 +234,7 @@ pub fn run(cfg: &ExportConfig, sink: &mut dyn EventSink) -> Result<ExportReport>
         }
         Format::Lewel => write_lewel(cfg, &imp, &state)?,
     };
-    let sha256 = sha256_hex(&bytes);
+    let sha256 = crate::hex::sha256(&bytes);
     let verified = if cfg.verify {
         let expected = match cfg.format {
             Format::Lewel => state.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect(),
@@ -300,7 +295,7 @@ fn write_lewel(cfg: &ExportConfig, imp: &Imported, state: &[(String, Tensor)]) -
             "file": name,
             "step": imp.step,
             "epoch": imp.epoch,
-            "sha256": sha256_hex(&bytes),
+            "sha256": crate::hex::sha256(&bytes),
             "bytes": bytes.len(),
             "tensors": state.len(),
             "git_revision": crate::GIT_REVISION,

@@ -179,7 +179,7 @@ fn every_format_roundtrips_and_reimports() {
         let out = d.join(name);
         let r = run(&config(&d.join("ckpt"), format, &out), &mut MemorySink::default()).unwrap();
         assert_eq!(r.verified, Some(true), "{format:?}");
-        assert_eq!(r.sha256, sha256_hex(&fs::read(&out).unwrap()));
+        assert_eq!(r.sha256, crate::hex::sha256(&fs::read(&out).unwrap()));
     }
     // The pth file, read as a torchvision state dict, gives back the same backbone.
     let again = d.join("again.safetensors");

@@ -273,9 +273,7 @@ impl MaskedData {
     }
 }
 
-fn hex16(d: &[u8]) -> String {
-    d.iter().take(8).map(|b| format!("{b:02x}")).collect()
-}
+use crate::hex::short as hex16;
 
 /// JPEG images of a VOC folder.
 struct VocImages {
