@@ -13,6 +13,12 @@ Exit codes:
   3    training diverged (non-finite loss)
   130  interrupted by SIGINT or SIGTERM (after a final checkpoint where the tool writes one)";
 
+/// The tail every tool's `--help` ends with (clap's `after_help`): [`EXIT_CODES_HELP`], then
+/// "Example:" and `example`, a real pipeline.
+pub fn help_tail(example: &str) -> String {
+    format!("{EXIT_CODES_HELP}\n\nExample:\n{example}")
+}
+
 /// The default of `--seed`: fixed, so that two runs without the flag agree.
 pub const DEFAULT_SEED: u64 = 23456;
 
@@ -221,6 +227,12 @@ mod tests {
         assert!(parse_device("gpu").is_err());
         assert!(parse_device("cuda:x").is_err());
         assert_eq!(DeviceSpec::Cuda(2).to_string(), "cuda:2");
+    }
+
+    #[test]
+    fn help_tail_has_exit_codes_and_example() {
+        let t = help_tail("  x | y");
+        assert!(t.contains("Exit codes") && t.contains("130") && t.ends_with("  x | y"), "{t}");
     }
 
     #[test]

@@ -39,8 +39,6 @@ pub mod run;
 pub mod schedule;
 pub mod semi;
 pub mod signals;
-pub mod stub;
-pub mod testing;
 pub mod train;
 pub mod viz;
 

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use lewel::data::decode::{decode_rgb, MAX_PIXELS};
 use lewel::data::{open, DataSpec, Dataset};
-use lewel::testing::scratch;
+use lewel_testkit::scratch;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
@@ -217,7 +217,7 @@ fn odd_image_files_decode_like_pil() {
 #[test]
 fn bad_data_items_fail_one_by_one_and_the_rest_load() {
     let d = scratch("bad-data");
-    let bad = lewel::testing::bad_data(&d.join("data"));
+    let bad = lewel_testkit::bad_data(&d.join("data"));
     let ds = open_path(&bad.dir);
     assert_eq!(ds.len(), bad.len(), "{}", ds.describe());
     assert_eq!(ds.num_classes(), Some(2));
@@ -232,7 +232,7 @@ fn bad_data_items_fail_one_by_one_and_the_rest_load() {
     let expected: Vec<String> = bad
         .bad
         .iter()
-        .filter(|(p, _)| !(lewel::testing::is_root() && p.ends_with("unreadable.jpg")))
+        .filter(|(p, _)| !(lewel_testkit::is_root() && p.ends_with("unreadable.jpg")))
         .map(|(p, _)| p.display().to_string())
         .collect();
     assert_eq!(names, expected, "{failed:#?}");

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use lewel::data::{open, DataSpec, LoaderConfig, Recipe, TwoViewLoader};
-use lewel::testing::{photo_shards, photos, scratch, write_tar};
+use lewel_testkit::{photo_shards, photos, scratch, write_tar};
 
 fn spec(p: impl Into<std::path::PathBuf>) -> DataSpec {
     DataSpec::new(p)

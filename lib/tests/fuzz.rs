@@ -227,8 +227,8 @@ fn fuzz_image_decoding_and_augmentation() {
     seeds.push(encode(small.clone().into(), image::ImageFormat::Png));
     seeds.push(encode(small.clone().into(), image::ImageFormat::Jpeg));
     seeds.push(encode(image::DynamicImage::ImageLuma8(image::imageops::grayscale(&small)), image::ImageFormat::Png));
-    seeds.push(lewel::testing::png_claiming(3000, 3000));
-    seeds.push(lewel::testing::jpeg_claiming(4000, 3000));
+    seeds.push(lewel_testkit::png_claiming(3000, 3000));
+    seeds.push(lewel_testkit::jpeg_claiming(4000, 3000));
     let recipes: Vec<lewel::data::Recipe> =
         ["lewel-b-small", "mocov2-small"].iter().map(|r| lewel::data::Recipe::preset(r).unwrap()).collect();
     let tokens: &[&[u8]] = &[
@@ -315,7 +315,7 @@ fn fuzz_list_files() {
             for c in ["n01", "n02"] {
                 std::fs::create_dir_all(r.join(c)).unwrap();
             }
-            std::fs::write(r.join("n01/n01_1.JPEG"), lewel::testing::png_claiming(2, 2)).unwrap();
+            std::fs::write(r.join("n01/n01_1.JPEG"), lewel_testkit::png_claiming(2, 2)).unwrap();
             r
         });
         let list = work.join("list.txt");
@@ -489,8 +489,8 @@ fn fuzz_npy_files() {
 /// safetensors parser and the model loader behind `open_model` (keys, shapes, dtypes).
 #[test]
 fn fuzz_our_checkpoints() {
-    let d = lewel::testing::scratch("fuzz-ckpt-seed");
-    let ck = lewel::testing::tiny_checkpoint(&d, false);
+    let d = lewel_testkit::scratch("fuzz-ckpt-seed");
+    let ck = lewel_testkit::tiny_checkpoint(&d, false);
     let sidecar = std::fs::read_to_string(lewel::ckpt::sidecar_path(&ck)).unwrap();
     // Well-formed files with the wrong content, as seeds: a tensor dropped, renamed, flattened, of another dtype,
     // emptied, full of NaN, or one too many.
@@ -618,7 +618,7 @@ fn fuzz_pickles() {
 /// out of bounds). Now a clear error.
 #[test]
 fn regression_idx_header_sizes_that_overflow() {
-    let d = lewel::testing::scratch("fuzz-regress-idx");
+    let d = lewel_testkit::scratch("fuzz-regress-idx");
     let p = d.join("x-images-idx3-ubyte");
     std::fs::write(&p, idx_file(&[u32::MAX, u32::MAX, 2], 0x08, &[1, 2, 3])).unwrap();
     let err = lewel::data::arrays::Idx::open(&p).err().expect("refused");
@@ -636,7 +636,7 @@ fn regression_idx_header_sizes_that_overflow() {
 /// allocation of the announced size.
 #[test]
 fn regression_npy_headers_announcing_huge_shapes() {
-    let d = lewel::testing::scratch("fuzz-regress-npy");
+    let d = lewel_testkit::scratch("fuzz-regress-npy");
     let header = |descr: &str, shape: &str| {
         let mut h = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
         while (10 + h.len() + 1) % 64 != 0 {

@@ -270,7 +270,7 @@ fn mutated_pickles_never_panic() {
     let zip = archive::Archive::parse(&bytes).unwrap();
     let name = zip.entries().iter().find(|e| e.name.ends_with("/data.pkl")).unwrap().name.clone();
     let pkl = zip.read_name(&name).unwrap().into_owned();
-    let noise = crate::testing::test_values(3 * 400, 77);
+    let noise = lewel_testkit::test_values(3 * 400, 77);
     for i in 0..400 {
         let mut m = pkl.clone();
         for j in 0..3 {
@@ -289,7 +289,7 @@ fn mutated_pickles_never_panic() {
 fn mutated_torch_files_never_panic() {
     for (name, seed) in [("official-tiny.pth.tar", 5u64), ("extract-backbone-tiny.pth", 6)] {
         let bytes = fs::read(fixture(name)).unwrap();
-        let noise = crate::testing::test_values(300, seed);
+        let noise = lewel_testkit::test_values(300, seed);
         for (i, r) in noise.iter().enumerate() {
             let mut m = bytes.clone();
             let at = (((r + 1.0) / 2.0) * (m.len() - 1) as f32) as usize;

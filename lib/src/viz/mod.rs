@@ -651,9 +651,9 @@ mod tests {
             crate::ckpt::save(&ck, 1, 0, &model.state_dict(), &serde_json::json!({"config": {"model": mc}})).unwrap();
         // 18 normalised 3x16x16 tensors: two batches of the tool.
         let n = 18;
-        let values = crate::testing::test_values(n * 3 * 16 * 16, 4);
+        let values = lewel_testkit::test_values(n * 3 * 16 * 16, 4);
         let data = d.join("x.npy");
-        crate::testing::write_npy_f32(&data, &[n as u64, 3, 16, 16], &values);
+        lewel_testkit::write_npy_f32(&data, &[n as u64, 3, 16, 16], &values);
         let want = model.alignment_maps(&Tensor::from_slice(&values).view([n as i64, 3, 16, 16])).unwrap(); // [n, 8, 2, 2]
         let want: Vec<f32> = Vec::try_from(want.flatten(0, -1)).unwrap();
         let cfg = VizConfig {

@@ -22,7 +22,7 @@ const EXAMPLE: &str = "  augment photos/ --recipe lewel-b --epochs 1 --out views
 /// sees. stdout gets JSON lines (a `start` event with the resolved recipe, a `warn` event per
 /// unreadable file, an `end` event with images_per_s); the progress bar goes to stderr.
 #[derive(Debug, Parser)]
-#[command(name = "augment", version, after_help = lewel::stub::help_tail(EXAMPLE))]
+#[command(name = "augment", version, after_help = lewel::cli::help_tail(EXAMPLE))]
 struct Args {
     /// The images: a folder (class sub-folders or flat), a list file (`<label> <path>` lines, or bare
     /// SimCLR names with --root), an MNIST IDX file (`*-images-idx3-ubyte[.gz]`) or a uint8 .npy.

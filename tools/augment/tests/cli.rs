@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use lewel::testing::scratch;
-use lewel::testing::{check_help, run_tool};
+use lewel_testkit::scratch;
+use lewel_testkit::{check_help, run_tool};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_augment");
@@ -227,7 +227,7 @@ fn a_closed_stdout_does_not_stop_the_run() {
 #[test]
 fn every_kind_of_bad_file_is_skipped_and_reported_or_fatal_with_strict() {
     let d = scratch("bad-kinds");
-    let bad = lewel::testing::bad_data(&d.join("data"));
+    let bad = lewel_testkit::bad_data(&d.join("data"));
     let out = d.join("v.npy");
     let args = [bad.dir.to_str().unwrap(), "--recipe", "mocov2-small", "--out", out.to_str().unwrap()];
     let (o, expected) = bad.run(std::process::Command::new(BIN).args(args));

@@ -59,7 +59,7 @@ const EXAMPLE: &str = "  dense-probe --ckpt run/ckpt --train-data scenes/train.n
 /// Flags of `dense-probe`.
 #[derive(Debug, Parser)]
 #[command(name = TOOL, version, about = "Segmentation on frozen feature maps (linear and kNN protocols), mIoU.",
-          long_about = LONG_ABOUT, after_help = lewel::stub::help_tail(EXAMPLE))]
+          long_about = LONG_ABOUT, after_help = lewel::cli::help_tail(EXAMPLE))]
 struct Args {
     /// Checkpoints to evaluate: a file, a `latest` pointer, an exported backbone, or a folder (a run or its
     /// ckpt/) meaning every complete checkpoint in it. Repeatable. Needs --train-data and --val-data.

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use lewel::data::{open, DataSpec};
-use lewel::testing::{check_help, json_lines, run_tool, scratch};
+use lewel_testkit::{check_help, json_lines, run_tool, scratch};
 use serde_json::Value;
 
 #[path = "../../../fixtures/probe/tiny_ckpt.rs"]
@@ -318,10 +318,10 @@ fn cached_feature_maps_and_their_checks() {
     let (n, c, h, w) = (12usize, 6usize, 4usize, 4usize);
     let write = |name: &str, seed: u64, n: usize| -> PathBuf {
         let p = d.join(name);
-        lewel::testing::write_npy_f32(
+        lewel_testkit::write_npy_f32(
             &p,
             &[n as u64, c as u64, h as u64, w as u64],
-            &lewel::testing::test_values(n * c * h * w, seed),
+            &lewel_testkit::test_values(n * c * h * w, seed),
         );
         let m: Vec<u8> = (0..n * 16 * 16).map(|i| ((i / 7) % 3) as u8).collect();
         write_u8(&lewel::eval::dense::inputs::masks_path(&p), &[n as u64, 16, 16], &m);
@@ -351,7 +351,7 @@ fn cached_feature_maps_and_their_checks() {
         &["--layers", "--train-features"],
     );
     let wrong = d.join("wrong.npy");
-    lewel::testing::write_npy_f32(&wrong, &[2, 3], &[0.0; 6]);
+    lewel_testkit::write_npy_f32(&wrong, &[2, 3], &[0.0; 6]);
     fails(
         &run_tool(BIN, &["--train-features", s(&wrong), "--val-features", s(&va)]),
         1,

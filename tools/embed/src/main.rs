@@ -27,7 +27,7 @@ const EXAMPLE: &str = "  embed --ckpt run1/ckpt/latest --data train/ --out train
 /// An unreadable image keeps its row (the features of a blank image) and is reported as a `warn`
 /// event; --strict makes it fatal.
 #[derive(Debug, Parser)]
-#[command(name = "embed", version, after_help = lewel::stub::help_tail(EXAMPLE))]
+#[command(name = "embed", version, after_help = lewel::cli::help_tail(EXAMPLE))]
 struct Args {
     /// The checkpoint: ours (file, `latest`, run folder), an exported backbone, or an official one.
     #[arg(long, value_name = "CKPT")]

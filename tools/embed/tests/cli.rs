@@ -2,15 +2,15 @@
 
 use std::path::{Path, PathBuf};
 
-use lewel::testing::scratch;
-use lewel::testing::{check_help, json_lines, run_tool};
+use lewel_testkit::scratch;
+use lewel_testkit::{check_help, json_lines, run_tool};
 
 const BIN: &str = env!("CARGO_BIN_EXE_embed");
 const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures");
 
 /// A tiny CIFAR-stem checkpoint with non-default BN statistics.
 fn checkpoint(dir: &Path) -> PathBuf {
-    lewel::testing::tiny_checkpoint(&dir.join("ckpt"), true)
+    lewel_testkit::tiny_checkpoint(&dir.join("ckpt"), true)
 }
 
 fn read_f32(path: &Path) -> (Vec<u64>, Vec<f32>) {
@@ -116,7 +116,7 @@ fn bad_inputs_fail_clearly() {
 fn bad_files_are_reported_strict_fails_and_corrupt_checkpoints_are_refused() {
     let d = scratch("bad-kinds");
     let ck = checkpoint(&d);
-    let bad = lewel::testing::bad_data(&d.join("data"));
+    let bad = lewel_testkit::bad_data(&d.join("data"));
     let out = d.join("f.npy");
     let args =
         ["--ckpt", ck.to_str().unwrap(), "--data", bad.dir.to_str().unwrap(), "--out", out.to_str().unwrap(), "-q"];

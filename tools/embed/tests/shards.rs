@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use lewel::testing::{json_lines, photo_shards, photos, scratch};
+use lewel_testkit::{json_lines, photo_shards, photos, scratch};
 
 const BIN: &str = env!("CARGO_BIN_EXE_embed");
 const TOP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
@@ -31,7 +31,7 @@ fn ok(o: &std::process::Output) -> Vec<serde_json::Value> {
 #[test]
 fn shards_made_from_a_class_folder_embed_like_the_folder() {
     let d = scratch("embed-shards");
-    let ck = lewel::testing::tiny_checkpoint(&d.join("ckpt"), true);
+    let ck = lewel_testkit::tiny_checkpoint(&d.join("ckpt"), true);
     // an ImageFolder of 2 classes x 3 photos
     let folder = d.join("images");
     for (k, (stem, bytes)) in photos().into_iter().enumerate() {
@@ -73,7 +73,7 @@ fn shards_made_from_a_class_folder_embed_like_the_folder() {
 #[test]
 fn a_corrupt_member_and_a_truncated_shard_are_warned_and_fatal_with_strict() {
     let d = scratch("embed-shards-bad");
-    let ck = lewel::testing::tiny_checkpoint(&d.join("ckpt"), true);
+    let ck = lewel_testkit::tiny_checkpoint(&d.join("ckpt"), true);
     let dir = d.join("shards");
     let paths: Vec<PathBuf> = photo_shards(&dir, 3, 4, 2);
     // shard 0: member 000002.png replaced by garbage of the same length (the archive stays valid)

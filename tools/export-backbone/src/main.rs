@@ -62,7 +62,7 @@ const EXAMPLE: &str = "  export-backbone --ckpt run1/ckpt/latest --format pth --
 /// Flags of `export-backbone`.
 #[derive(Debug, Parser)]
 #[command(name = TOOL, version, about = "Backbone weights for torchvision, timm and detectron2; import of official LEWEL checkpoints.",
-          long_about = LONG_ABOUT, after_help = lewel::stub::help_tail(EXAMPLE))]
+          long_about = LONG_ABOUT, after_help = lewel::cli::help_tail(EXAMPLE))]
 struct Args {
     /// The input: our checkpoint (file, `latest`, ckpt/ or run folder), an official LEWEL
     /// checkpoint_XXXX.pth.tar, or a torchvision-style .pth / .safetensors.

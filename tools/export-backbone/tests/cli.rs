@@ -7,8 +7,8 @@ use std::process::{Command, Output};
 
 use lewel::ckpt;
 use lewel::model::{Arch, Lewel, ModelConfig, Stem};
-use lewel::testing::scratch;
-use lewel::testing::{check_help, json_lines, test_values, write_npy_f32};
+use lewel_testkit::scratch;
+use lewel_testkit::{check_help, json_lines, test_values, write_npy_f32};
 use serde_json::{json, Value};
 use tch::{nn::VarStore, Device, Tensor};
 

@@ -33,7 +33,7 @@ const EXAMPLE: &str = "  finetune-semi --ckpt run1 --train-data train/ --subset 
 /// protocol: 50 epochs, x0.1 at 30 and 40, batch 256, 224 px, eval every 5; semi-small is for 32 px data on a
 /// CPU: 20 epochs, x0.1 at 12 and 16, batch 64, 32 px, the 10% lrs, eval every 2. Default: semi-10pct.
 #[derive(Debug, Parser)]
-#[command(name = "finetune-semi", version, args_override_self = true, after_help = lewel::stub::help_tail(EXAMPLE))]
+#[command(name = "finetune-semi", version, args_override_self = true, after_help = lewel::cli::help_tail(EXAMPLE))]
 struct Args {
     /// The pre-trained checkpoint: ours (file, latest, run folder), an exported or torchvision backbone, or an
     /// official LEWEL checkpoint. Its online backbone is fine-tuned.

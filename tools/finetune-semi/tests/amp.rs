@@ -4,8 +4,8 @@
 use std::path::Path;
 use std::process::Output;
 
-use lewel::testing::scratch;
-use lewel::testing::{json_lines, run_tool};
+use lewel_testkit::scratch;
+use lewel_testkit::{json_lines, run_tool};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_finetune-semi");
@@ -56,7 +56,7 @@ fn steps(out: &Output) -> (Value, Vec<Value>) {
 #[test]
 fn mixed_precision_and_channels_last_fine_tune() {
     let d = scratch("semi-amp");
-    let ck = lewel::testing::tiny_checkpoint(&d.join("pre"), false);
+    let ck = lewel_testkit::tiny_checkpoint(&d.join("pre"), false);
     let (_, fp32) = steps(&semi(&ck, &d.join("fp32"), &[]));
     let (start, bf16) = steps(&semi(&ck, &d.join("bf16"), &["--precision", "bf16", "--channels-last"]));
     assert_eq!((start["precision"].as_str(), start["channels_last"].as_bool()), (Some("bf16"), Some(true)));

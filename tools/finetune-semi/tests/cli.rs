@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use lewel::testing::scratch;
-use lewel::testing::{check_help, json_lines, run_tool};
+use lewel_testkit::scratch;
+use lewel_testkit::{check_help, json_lines, run_tool};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_finetune-semi");
@@ -12,7 +12,7 @@ const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures");
 
 /// A tiny CIFAR-stem pre-training checkpoint.
 fn checkpoint(dir: &Path) -> PathBuf {
-    lewel::testing::tiny_checkpoint(&dir.join("pre"), false)
+    lewel_testkit::tiny_checkpoint(&dir.join("pre"), false)
 }
 
 fn train() -> String {
@@ -298,8 +298,8 @@ fn bad_inputs_fail_clearly() {
 fn every_kind_of_bad_file_is_skipped_and_reported_or_fatal_with_strict() {
     let d = scratch("bad-kinds");
     let ck = checkpoint(&d);
-    let bad = lewel::testing::bad_data(&d.join("train"));
-    let val = lewel::testing::bad_data(&d.join("val"));
+    let bad = lewel_testkit::bad_data(&d.join("train"));
+    let val = lewel_testkit::bad_data(&d.join("val"));
     std::fs::copy(val.dir.join("a/good-0.png"), val.dir.join("a/good-9.png")).unwrap(); // a split of its own
     let run = |out: &str, strict: bool| {
         let mut c = std::process::Command::new(BIN);

@@ -48,7 +48,7 @@ const EXAMPLE: &str = "  embed --ckpt run/ckpt/latest --data train/ --out train.
 /// Flags of `knn-probe`.
 #[derive(Debug, Parser)]
 #[command(name = TOOL, version, about = "Weighted kNN evaluation of features, sweeping k and the temperature.",
-          long_about = LONG_ABOUT, after_help = lewel::stub::help_tail(EXAMPLE))]
+          long_about = LONG_ABOUT, after_help = lewel::cli::help_tail(EXAMPLE))]
 struct Args {
     /// The memory: float32 [N, C] .npy features of the labelled training split (from `embed`).
     #[arg(long, value_name = "FEATS.npy", required_unless_present = "ckpt", conflicts_with = "ckpt")]

@@ -6,8 +6,8 @@ use std::path::Path;
 use lewel::data::DataSpec;
 use lewel::embed::EmbedConfig;
 use lewel::events::MemorySink;
-use lewel::testing::scratch;
-use lewel::testing::{json_lines, run_tool};
+use lewel_testkit::scratch;
+use lewel_testkit::{json_lines, run_tool};
 use serde_json::Value;
 
 #[path = "../../../fixtures/probe/tiny_ckpt.rs"]
@@ -174,6 +174,6 @@ fn bad_checkpoints_and_classes_fail_clearly() {
 #[test]
 fn every_kind_of_bad_file_is_reported_or_fatal_with_strict() {
     let d = scratch("bad-kinds");
-    lewel::testing::check_probe_bad_data(BIN, "knn-probe", &d);
+    lewel_testkit::check_probe_bad_data(BIN, "knn-probe", &d);
     let _ = std::fs::remove_dir_all(&d);
 }

@@ -56,7 +56,7 @@ const EXAMPLE: &str = "  embed --ckpt run/ckpt/latest --data train/ --out train.
 /// Flags of `linear-probe`.
 #[derive(Debug, Parser)]
 #[command(name = TOOL, version, about = "Linear classifier on frozen features, with the paper's protocols.",
-          long_about = LONG_ABOUT, after_help = lewel::stub::help_tail(EXAMPLE))]
+          long_about = LONG_ABOUT, after_help = lewel::cli::help_tail(EXAMPLE))]
 struct Args {
     /// Training split: float32 [N, C] .npy features (from `embed`).
     #[arg(long, value_name = "FEATS.npy", required_unless_present = "ckpt", conflicts_with = "ckpt")]

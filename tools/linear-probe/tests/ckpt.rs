@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use lewel::testing::scratch;
-use lewel::testing::{json_lines, run_tool};
+use lewel_testkit::scratch;
+use lewel_testkit::{json_lines, run_tool};
 use serde_json::Value;
 
 #[path = "../../../fixtures/probe/tiny_ckpt.rs"]
@@ -93,7 +93,7 @@ fn on_the_fly_probe_on_fashion_mnist_reaches_a_sane_accuracy_and_skips_when_done
 #[test]
 fn every_kind_of_bad_file_is_reported_or_fatal_with_strict() {
     let d = scratch("bad-kinds");
-    lewel::testing::check_probe_bad_data(BIN, "linear-probe", &d);
+    lewel_testkit::check_probe_bad_data(BIN, "linear-probe", &d);
     let _ = std::fs::remove_dir_all(&d);
 }
 
@@ -112,7 +112,7 @@ fn cron_probes_racing_a_live_run_read_no_partial_file_and_write_no_duplicate() {
     assert!(pretrain.is_file(), "{} is missing: build the workspace first (make test does)", pretrain.display());
     let d = scratch("cron");
     let views = d.join("views.npy");
-    lewel::testing::write_npy_f32(&views, &[8, 2, 3, 32, 32], &lewel::testing::test_values(8 * 2 * 3 * 32 * 32, 4));
+    lewel_testkit::write_npy_f32(&views, &[8, 2, 3, 32, 32], &lewel_testkit::test_values(8 * 2 * 3 * 32 * 32, 4));
     let train_args = |out: &Path, keep: &str| {
         let mut c = Command::new(&pretrain);
         c.args(["--views", s(&views), "--preset", "small-lewelb", "--width", "4", "--proj-dim", "16"])

@@ -4,8 +4,8 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use lewel::testing::scratch;
-use lewel::testing::{check_help, run_tool};
+use lewel_testkit::scratch;
+use lewel_testkit::{check_help, run_tool};
 use serde_json::Value;
 
 #[path = "../../../fixtures/probe/fmnist_pixels.rs"]

@@ -31,7 +31,7 @@ LARS-adapted weights |dw|/|w| (median, minimum dashed), the alignment-map entrop
 repeated step winning. Unreadable lines are skipped with a warning.
 
 stdout gets JSON lines: a warn event per problem and one end event (out, runs, points).",
-    after_help = lewel::stub::help_tail(EXAMPLE),
+    after_help = lewel::cli::help_tail(EXAMPLE),
     mut_arg("out", |a| a.help("The picture to write: PNG, or SVG for a .svg name (see --format). Written \
         atomically; its folder must exist"))
 )]

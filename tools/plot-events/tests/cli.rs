@@ -6,8 +6,8 @@ use std::fs;
 use std::path::Path;
 use std::process::Output;
 
-use lewel::testing::scratch;
-use lewel::testing::{check_help, run_tool};
+use lewel_testkit::scratch;
+use lewel_testkit::{check_help, run_tool};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_plot-events");

@@ -34,7 +34,7 @@ const EXAMPLE: &str = "  augment images/ --recipe lewel-b-small --out views.npy
 /// LEWEL_M recipe with --method lewel-m or mocov2 (in1k-lewelm-200ep, in1k-mocov2-200ep); on a CPU
 /// start from --preset small-lewelb or small-lewelm (ResNet-18, CIFAR stem, width 16, 32 px).
 #[derive(Debug, Parser)]
-#[command(name = "pretrain", version, args_override_self = true, after_help = lewel::stub::help_tail(EXAMPLE))]
+#[command(name = "pretrain", version, args_override_self = true, after_help = lewel::cli::help_tail(EXAMPLE))]
 struct Args {
     /// The images (DATA): an image folder (class sub-folders or flat), a list file, IDX files (MNIST,
     /// Fashion-MNIST; .gz or raw), a .npy array, or tar shards (webdataset layout: a quoted brace pattern

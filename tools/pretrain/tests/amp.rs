@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use lewel::testing::json_lines;
-use lewel::testing::scratch;
+use lewel_testkit::json_lines;
+use lewel_testkit::scratch;
 use serde_json::Value;
 use tch::Tensor;
 

@@ -5,8 +5,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use lewel::testing::scratch;
-use lewel::testing::{check_help, json_lines, test_values, write_npy_f32};
+use lewel_testkit::scratch;
+use lewel_testkit::{check_help, json_lines, test_values, write_npy_f32};
 use serde_json::Value;
 
 use common::BIN;

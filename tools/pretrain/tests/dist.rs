@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use lewel::testing::{json_lines, scratch};
+use lewel_testkit::{json_lines, scratch};
 use serde_json::Value;
 
 use common::BIN;

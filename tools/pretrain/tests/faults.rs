@@ -14,7 +14,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use lewel::testing::{json_lines, scratch, test_values, without_root_file_access, write_npy_f32};
+use lewel_testkit::{json_lines, scratch, test_values, without_root_file_access, write_npy_f32};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pretrain");
@@ -518,12 +518,12 @@ fn injected_divergence_exits_3_naming_the_step_and_keeps_the_last_checkpoint() {
     let _ = std::fs::remove_dir_all(&d);
 }
 
-/// Every kind of bad file (lewel::testing::bad_data: truncated, empty, text, decompression bombs, unreadable,
+/// Every kind of bad file (lewel_testkit::bad_data: truncated, empty, text, decompression bombs, unreadable,
 /// symlink loops) is replaced and named in a `warn` event while the run goes on; --strict fails naming one.
 #[test]
 fn every_kind_of_bad_file_is_skipped_and_reported_or_fatal_with_strict() {
     let d = scratch("faults-bad-data");
-    let bad = lewel::testing::bad_data(&d.join("data"));
+    let bad = lewel_testkit::bad_data(&d.join("data"));
     let args = |out: &str| {
         let mut a: Vec<String> = vec![bad.dir.display().to_string()];
         a.extend(TINY.iter().map(|s| s.to_string()));
@@ -622,7 +622,7 @@ fn a_run_killed_inside_its_first_checkpoint_write_starts_over() {
 fn sigkill_mid_epoch_over_tar_shards_and_resume_equal_an_uninterrupted_run() {
     let d = scratch("faults-shards");
     let shards = d.join("shards");
-    lewel::testing::photo_shards(&shards, 3, 4, 0);
+    lewel_testkit::photo_shards(&shards, 3, 4, 0);
     let pattern = format!("{}/shard-{{000000..000002}}.tar", shards.display());
     let run_over_shards = |out: &Path| {
         let mut a: Vec<&str> = TINY.to_vec();

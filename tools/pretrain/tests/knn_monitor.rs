@@ -2,8 +2,8 @@
 
 mod common;
 
-use lewel::testing::scratch;
-use lewel::testing::{json_lines, run_tool};
+use lewel_testkit::scratch;
+use lewel_testkit::{json_lines, run_tool};
 use serde_json::Value;
 
 use common::BIN;

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use lewel::testing::{json_lines, photo_shards, scratch};
+use lewel_testkit::{json_lines, photo_shards, scratch};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pretrain");

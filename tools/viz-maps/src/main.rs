@@ -45,7 +45,7 @@ entropy); one map event per drawn map (index, view, map, rank, entropy_nats, ent
 peak_col, peak_mass, top10_mass); warn for unreadable images (left out; --strict makes them fatal); \
 end (mean_entropy_nats over all maps, max_entropy_nats = ln(h'·w'), entropy_ratio: near 1 means \
 uniform, i.e. collapsed or untrained maps).",
-    after_help = lewel::stub::help_tail(EXAMPLE),
+    after_help = lewel::cli::help_tail(EXAMPLE),
     group(clap::ArgGroup::new("input").required(true).args(["data", "views"])),
 )]
 struct Args {

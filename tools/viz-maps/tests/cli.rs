@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use lewel::model::{Arch, Lewel, Method, ModelConfig, Stem};
-use lewel::testing::scratch;
-use lewel::testing::{check_help, json_lines, run_tool, test_values, write_npy_f32};
+use lewel_testkit::scratch;
+use lewel_testkit::{check_help, json_lines, run_tool, test_values, write_npy_f32};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_viz-maps");
@@ -330,7 +330,7 @@ fn official_checkpoints_open_through_the_importer() {
 fn every_kind_of_bad_file_is_left_out_and_reported_or_fatal_with_strict() {
     let d = scratch("bad-kinds");
     let ck = checkpoint(&d, Method::LewelB);
-    let bad = lewel::testing::bad_data(&d.join("data"));
+    let bad = lewel_testkit::bad_data(&d.join("data"));
     let out = d.join("maps");
     let args = [
         "--ckpt",

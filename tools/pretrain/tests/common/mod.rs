@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use lewel::testing::{test_values, write_npy_f32};
+use lewel_testkit::{test_values, write_npy_f32};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_pretrain");
 

@@ -1,4 +1,7 @@
-//! Helpers for the black-box tests of the tools (`tools/<tool>/tests/`).
+//! `lewel-testkit`: helpers for the tests of the workspace (the black-box tests in `tools/<tool>/tests/`,
+//! `lib/tests/`, and a few of lib's unit tests). A `[dev-dependencies]` crate only: nothing here ships in
+//! the tools, in particular not the code that drops root's file capabilities ([`without_root_file_access`]).
+//! (It was `lewel::testing` until issue 19.)
 
 use std::process::{Command, Output};
 
@@ -70,7 +73,7 @@ pub fn scratch(name: &str) -> std::path::PathBuf {
 /// sidecar into the folder `dir` (created). With `move_bn_stats`, one training forward on noise moves
 /// the BN running statistics off their defaults first. Returns the checkpoint file.
 pub fn tiny_checkpoint(dir: &std::path::Path, move_bn_stats: bool) -> std::path::PathBuf {
-    use crate::model::{Arch, Lewel, ModelConfig, Stem};
+    use lewel::model::{Arch, Lewel, ModelConfig, Stem};
     tch::manual_seed(3);
     let cfg = ModelConfig {
         arch: Arch::Resnet18,
@@ -87,7 +90,7 @@ pub fn tiny_checkpoint(dir: &std::path::Path, move_bn_stats: bool) -> std::path:
         let _ = model.forward_loss(&x, &x.flip([3])).expect("forward");
     }
     std::fs::create_dir_all(dir).expect("checkpoint folder");
-    crate::ckpt::save(dir, 1, 0, &model.state_dict(), &serde_json::json!({"config": {"model": cfg}})).expect("save")
+    lewel::ckpt::save(dir, 1, 0, &model.state_dict(), &serde_json::json!({"config": {"model": cfg}})).expect("save")
 }
 
 /// Whether this process runs as root (which reads and writes any file whatever its permissions).
