@@ -6,6 +6,10 @@
 //! one `archive/data/<key>` per storage (little-endian, 64-byte aligned), `archive/byteorder` and
 //! `archive/version`. Only globals on `torch.load(..., weights_only=True)`'s allow-list are used
 //! (`torch._utils._rebuild_tensor_v2`, `torch.*Storage`, `collections.OrderedDict`).
+//!
+//! Why not `serde-pickle` (issue 22): it serialises plain data only (no `GLOBAL`/`REDUCE`, no `BINPERSID`), so it
+//! can write neither a tensor's rebuild call nor detectron2's numpy arrays; and its newest release, 1.2.0, is from
+//! 2024-11-22, outside the 18-month rule. Kept.
 
 use anyhow::{bail, Context, Result};
 use tch::{Kind, Tensor};

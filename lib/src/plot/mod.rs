@@ -12,6 +12,11 @@
 //! - [`chart`]: one line-chart panel: title, grid, ticks, series, reference lines.
 //! - [`history`]: reads `events.jsonl` files into per-run histories (dedupe after resume, bad lines).
 //! - [`curves`]: the `plot-events` tool's figure and its `run`.
+//!
+//! Why not `plotters` (issue 22): its newest release, 0.3.7 (MIT), is from 2024-09-08, 27 months old at the
+//! review (2026-12-07), outside the rule that a new dependency has a release in the last 18 months; its bitmap
+//! `image` feature would also bring a second `image` (0.24 beside our 0.25). So the drawing layer here (canvas, raster,
+//! svg, chart, ticks, color: 1,206 lines) stays; the pictures were not redrawn with plotters for a comparison.
 
 pub mod canvas;
 pub mod chart;
