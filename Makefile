@@ -42,7 +42,7 @@ guard-controls: build
 learning: release
 	./scripts/learn-fmnist.sh
 
-## Bounded fuzzing of every reader of outside bytes (RELIABILITY.md): FUZZ_SECONDS per target (9 targets),
+## Bounded fuzzing of every reader of outside bytes (RELIABILITY.md): FUZZ_SECONDS per target (10 targets),
 ## from FUZZ_SEED (default: the clock; printed, so a crash can be replayed). Crashing inputs land in target/fuzz-crashes/.
 FUZZ_SECONDS ?= 30
 fuzz: setup

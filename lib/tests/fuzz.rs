@@ -2,7 +2,7 @@
 //! bytes that come from outside: the image decoder and the augmentation after it, the list-file parser, the IDX
 //! and `.npy` readers (DATA, features, labels), our checkpoints (safetensors with a matching sidecar hash) and the
 //! PyTorch importer (zip and legacy `torch.save` files, and the pickle machine alone), the mask PNGs of
-//! `dense-probe`; and one property target,
+//! `dense-probe`, tar shards; and one property target,
 //! `truncated`: a decodable image cut short is refused or decodes to the same pixels, never to others.
 //!
 //! No cargo-fuzz: it needs a nightly toolchain and libFuzzer, which this project does not assume. Instead each
@@ -329,6 +329,74 @@ fn fuzz_list_files() {
             }
         }
         let _ = lewel::data::open(&lewel::data::DataSpec { path: list, root: Some(root.clone()), strict: false })?;
+        Ok(())
+    });
+}
+
+/// A tar shard in memory: `(member name, bytes)` in order, as `tar` (GNU headers for long names) writes it.
+fn tar_bytes(members: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in members {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, name, data.as_slice()).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+/// Tar shards as DATA (webdataset layout): the shard indexer (headers, members grouped by key, `.cls` labels,
+/// damaged tails), then every item it accepted through the decoder, and the epoch order over its shards.
+#[test]
+fn fuzz_tar_shards() {
+    let png = encode(
+        image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(5, 4, |x, y| {
+            image::Rgb([x as u8 * 40, y as u8 * 60, 7])
+        })),
+        image::ImageFormat::Png,
+    );
+    let jpg = encode(
+        image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(8, 8, |x, y| {
+            image::Rgb([x as u8 * 30, 90, y as u8 * 30])
+        })),
+        image::ImageFormat::Jpeg,
+    );
+    let long = format!("{}/0003.png", "d".repeat(120));
+    let seeds = vec![
+        tar_bytes(&[
+            ("0001.png", png.clone()),
+            ("0001.cls", b"3".to_vec()),
+            ("0002.jpg", jpg.clone()),
+            ("0002.cls", b"1\n".to_vec()),
+        ]),
+        tar_bytes(&[("a/0001.jpg", jpg.clone()), ("a/0001.json", b"{}".to_vec()), ("a/0002.png", png.clone())]),
+        tar_bytes(&[(long.as_str(), png.clone()), ("0004.txt", b"x".to_vec()), ("0005.webp", b"RIFF".to_vec())]),
+        tar_bytes(&[("0001.cls", b"7".to_vec()), ("0001.png", png)]),
+    ];
+    let tokens: &[&[u8]] = &[
+        b"ustar\0",
+        b"ustar  \0",
+        b"0000644\0",
+        b"00000000000\0",
+        b"77777777777\0",
+        b".cls",
+        b".jpg",
+        b".png",
+        b"././@LongLink",
+        b"\0\0\0\0\0\0\0\0",
+        b"-1",
+        b"99999999999999999999",
+    ];
+    fuzz("shards", seeds, tokens, |bytes, work| {
+        let p = work.join("shard-000000.tar");
+        std::fs::write(&p, bytes)?;
+        let ds = lewel::data::shards::TarShards::open("fuzz".into(), vec![p.clone()])?;
+        let _ = (ds.describe(), ds.fingerprint(), ds.num_classes(), ds.shard_sizes().map(|s| s.to_vec()));
+        for i in 0..ds.len().min(6) {
+            let _ = (ds.name(i), ds.label(i), ds.load(i));
+        }
+        let _ = lewel::data::open(&lewel::data::DataSpec { path: p, root: None, strict: false })?;
         Ok(())
     });
 }
