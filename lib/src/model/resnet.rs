@@ -169,20 +169,7 @@ impl ResNet {
     /// `x`: `[b, 3, h, w]` → `[b, c, h/32, w/32]` (ImageNet stem) or `[b, c, h/8, w/8]` (CIFAR stem), c =
     /// [`ResNet::out_channels`]; sizes round up as in torchvision.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let (_, c, _, _) = x.size4()?;
-        if c != 3 {
-            bail!("the backbone expects [b, 3, h, w] images, got {:?}", x.size());
-        }
-        let mut h = self.bn1.forward_t(&self.conv1.forward(x)?, train)?.f_relu()?;
-        if self.stem == Stem::Imagenet {
-            h = h.f_max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false)?;
-        }
-        for layer in &self.layers {
-            for block in layer {
-                h = block.forward_t(&h, train)?;
-            }
-        }
-        Ok(h)
+        self.forward_each_stage(x, train, |_| {})
     }
 
     /// The outputs of stages 1 to 4 (`layer1` .. `layer4`), for dense probes that read an earlier stage.
@@ -191,6 +178,13 @@ impl ResNet {
     /// `x`: `[b, 3, h, w]` → four maps, stage s of `[b, width·2^(s-1)·expansion, h/(4·2^(s-1)), ...]` (ImageNet
     /// stem; the CIFAR stem's are 4x larger); the last one is [`ResNet::forward_t`]'s.
     pub fn forward_stages(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
+        let mut out = Vec::with_capacity(self.layers.len());
+        let _last = self.forward_each_stage(x, train, |h| out.push(h.shallow_clone()))?; // also out[3]
+        Ok(out)
+    }
+
+    /// The stem and the four stages, giving each stage's output to `stage` (which may keep it); returns the last.
+    fn forward_each_stage(&self, x: &Tensor, train: bool, mut stage: impl FnMut(&Tensor)) -> Result<Tensor> {
         let (_, c, _, _) = x.size4()?;
         if c != 3 {
             bail!("the backbone expects [b, 3, h, w] images, got {:?}", x.size());
@@ -199,14 +193,13 @@ impl ResNet {
         if self.stem == Stem::Imagenet {
             h = h.f_max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false)?;
         }
-        let mut out = Vec::with_capacity(self.layers.len());
         for layer in &self.layers {
             for block in layer {
                 h = block.forward_t(&h, train)?;
             }
-            out.push(h.shallow_clone());
+            stage(&h);
         }
-        Ok(out)
+        Ok(h)
     }
 
     /// Every entry under `prefix`, in PyTorch's `state_dict` order.
