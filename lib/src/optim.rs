@@ -1,4 +1,7 @@
-//! LARS (the official LEWEL_B optimizer) and plain momentum SGD, with exportable momentum buffers.
+//! The one optimiser of the workspace: LARS (the official LEWEL_B optimizer) and plain momentum SGD over
+//! parameter groups, each with its own lr scale, weight decay and LARS flag, with exportable momentum buffers.
+//! Pre-training ([`Optimizer::new`]: the two official groups), finetune-semi (backbone and classifier, two
+//! learning rates) and the linear probe (weight and bias) all step through it ([`Optimizer::with_groups`]).
 //!
 //! LEWEL: <https://arxiv.org/abs/2203.14898>. Ports `utils/LARS.py` and the parameter groups of
 //! `main.py:collect_params` as described in `reference/lewel-official.md` §5.1 and §5.2.
@@ -26,6 +29,24 @@ pub enum OptimizerKind {
     /// `torch.optim.SGD` with momentum (no dampening, no nesterov): lr outside the buffer.
     #[serde(rename = "sgd")]
     Sgd,
+}
+
+impl std::str::FromStr for OptimizerKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "sgd" => Ok(OptimizerKind::Sgd),
+            "lars" => Ok(OptimizerKind::Lars),
+            _ => Err(format!("unknown optimizer {s:?}; expected sgd or lars")),
+        }
+    }
+}
+
+impl Rule {
+    /// `torch.optim.SGD` with `momentum` (no dampening, no nesterov).
+    pub fn sgd(momentum: f64) -> Self {
+        Rule { kind: OptimizerKind::Sgd, momentum, eta: 0.001, clip: false, zero_norm: ZeroNorm::Freeze }
+    }
 }
 
 /// Optimizer settings (the lr comes with every [`Optimizer::step`]).
@@ -74,10 +95,49 @@ impl OptimConfig {
     }
 }
 
+/// What the LARS factor `η‖w‖ / (‖g‖ + wd‖w‖)` is where a norm is 0. The pre-training and the linear protocol
+/// differ here, and each keeps its own number through this one option.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ZeroNorm {
+    /// The official pre-training (`utils/LARS.py`, §5.1): the formula as written, so ‖w‖ = 0 gives factor 0 and
+    /// the weight never moves.
+    ///
+    /// NOTE(ref): where the denominator is 0 too (‖w‖ = ‖g‖ = 0) Python raises ZeroDivisionError; the factor is 0
+    /// here, which keeps w unchanged.
+    Freeze,
+    /// The linear protocol of LEWEL_M ("LARS, SimSiam protocol", §4; not in the official repository): SimSiam's
+    /// LARS falls back to factor 1, a plain momentum step, where ‖w‖ = 0 or ‖g‖ = 0. `linear-probe --optimizer
+    /// lars` uses it.
+    Plain,
+}
+
+/// The update rule every group of an [`Optimizer`] follows.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rule {
+    /// LARS (lr inside the momentum buffer, trust ratios for the groups with `lars`) or SGD (lr outside).
+    pub kind: OptimizerKind,
+    pub momentum: f64,
+    /// η, the LARS trust coefficient.
+    pub eta: f64,
+    /// Clip the trust ratio at 1 relative to the group's lr (see [`OptimConfig::clip`]).
+    pub clip: bool,
+    pub zero_norm: ZeroNorm,
+}
+
+/// One parameter group: its lr (the step's lr times `lr_scale`, or the schedule applied to `lr_scale` by
+/// [`Optimizer::step_with`]), its weight decay and whether LARS adapts it (only with [`OptimizerKind::Lars`]; an
+/// unadapted group gets factor 1).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Group {
+    pub lr_scale: f64,
+    pub weight_decay: f64,
+    pub lars: bool,
+}
+
 /// Whether the relative update of a parameter is tracked ([`Optimizer::update_ratios`]): the backbone's adapted
 /// (LARS-scaled, weight-decayed) weights, i.e. its convolutions.
-fn tracks_update(name: &str, excluded: bool) -> bool {
-    !excluded && name.starts_with("online_net.backbone.")
+fn tracks_update(name: &str, adapted: bool) -> bool {
+    adapted && name.starts_with("online_net.backbone.")
 }
 
 /// Whether a parameter goes to the excluded group (no weight decay, LARS factor 1), by its official name:
@@ -96,43 +156,69 @@ pub fn is_excluded(name: &str, ema: EmaMode) -> bool {
 struct Slot {
     name: String,
     param: Tensor,
-    excluded: bool,
+    /// Index into [`Optimizer::groups`].
+    group: usize,
     /// See [`tracks_update`].
     tracked: bool,
     buf: Option<Tensor>,
 }
 
-/// LARS or SGD over named parameters, with the two official parameter groups.
+/// LARS or SGD over named parameters in groups.
 #[derive(Debug)]
 pub struct Optimizer {
-    cfg: OptimConfig,
+    rule: Rule,
+    groups: Vec<Group>,
     slots: Vec<Slot>,
     /// ‖Δw‖ / ‖w‖ of every tracked slot at the last step (before the update's ‖w‖).
     ratios: Vec<f64>,
 }
 
+/// The group of the adapted parameters in [`Optimizer::new`]; the excluded ones are group 1.
+const ADAPTED: usize = 0;
+
 impl Optimizer {
-    /// Groups `params` by [`is_excluded`] on their names (with `cfg.ema`).
+    /// The pre-training optimiser: `params` in the two official groups by [`is_excluded`] on their names (with
+    /// `cfg.ema`): the adapted one (weight decay `cfg.weight_decay`, LARS) and the excluded one (no weight decay,
+    /// factor 1), both at the step's lr; LARS factor 0 at ‖w‖ = 0 ([`ZeroNorm::Freeze`]).
     pub fn new(params: Vec<(String, Tensor)>, cfg: &OptimConfig) -> Self {
-        let slots = params
+        let rule =
+            Rule { kind: cfg.kind, momentum: cfg.momentum, eta: cfg.eta, clip: cfg.clip, zero_norm: ZeroNorm::Freeze };
+        let groups = vec![
+            Group { lr_scale: 1.0, weight_decay: cfg.weight_decay, lars: true },
+            Group { lr_scale: 1.0, weight_decay: 0.0, lars: false },
+        ];
+        let params = params
             .into_iter()
             .map(|(name, param)| {
-                let excluded = is_excluded(&name, cfg.ema);
-                Slot { tracked: tracks_update(&name, excluded), excluded, name, param, buf: None }
+                let group = if is_excluded(&name, cfg.ema) { 1 } else { ADAPTED };
+                (name, param, group)
             })
             .collect();
-        Optimizer { cfg: cfg.clone(), slots, ratios: Vec::new() }
+        Self::with_groups(rule, groups, params)
     }
 
-    /// The settings.
-    pub fn config(&self) -> &OptimConfig {
-        &self.cfg
+    /// An optimiser of `params` (name, tensor, index into `groups`), updated in this order.
+    ///
+    /// Panics on a group index out of range (a programming error).
+    pub fn with_groups(rule: Rule, groups: Vec<Group>, params: Vec<(String, Tensor, usize)>) -> Self {
+        let slots = params
+            .into_iter()
+            .map(|(name, param, group)| {
+                assert!(group < groups.len(), "{name}: group {group} of {}", groups.len());
+                let tracked = tracks_update(&name, groups[group].lars);
+                Slot { tracked, group, name, param, buf: None }
+            })
+            .collect();
+        Optimizer { rule, groups, slots, ratios: Vec::new() }
     }
 
-    /// Names of the excluded group (no wd, no LARS) and of the adapted group, in parameter order.
-    pub fn groups(&self) -> (Vec<String>, Vec<String>) {
-        let (ex, ad): (Vec<&Slot>, Vec<&Slot>) = self.slots.iter().partition(|s| s.excluded);
-        (ex.iter().map(|s| s.name.clone()).collect(), ad.iter().map(|s| s.name.clone()).collect())
+    /// The names of each group's parameters, in parameter order.
+    pub fn groups(&self) -> Vec<Vec<String>> {
+        let mut names = vec![Vec::new(); self.groups.len()];
+        for s in &self.slots {
+            names[s.group].push(s.name.clone());
+        }
+        names
     }
 
     /// Zeroes every gradient.
@@ -152,38 +238,47 @@ impl Optimizer {
         self.slots.iter().map(|s| s.param.grad()).filter(|g| g.defined()).collect()
     }
 
-    /// One update with learning rate `lr`. Parameters without a gradient are skipped.
+    /// One update with learning rate `lr` (times each group's `lr_scale`). Parameters without a gradient are
+    /// skipped.
     ///
-    /// LARS (§5.1), per parameter w with gradient g, wd = 0 and factor 1 in the excluded group:
-    /// `local = η‖w‖ / (‖g‖ + wd‖w‖)` (f64 scalars), `d = (g + wd·w)·(local·lr)`, `buf = d` at the first step
-    /// then `buf = momentum·buf + d`, `w −= buf`. With `clip`, `local` becomes `min(local / lr, 1)`.
+    /// LARS (§5.1), per parameter w with gradient g, with the group's weight decay wd, factor 1 in a group without
+    /// `lars`: `local = η‖w‖ / (‖g‖ + wd‖w‖)` (f64 scalars; at a zero norm see [`ZeroNorm`]),
+    /// `d = (g + wd·w)·(local·lr)`, `buf = d` at the first step then `buf = momentum·buf + d`, `w −= buf`. With
+    /// `clip`, `local` becomes `min(local / lr, 1)`.
     /// SGD: `d = g + wd·w`, `buf = d` then `momentum·buf + d`, `w −= lr·buf`.
     ///
     /// Afterwards [`Optimizer::update_ratios`] holds ‖Δw‖ / ‖w‖ of the backbone's adapted weights.
     pub fn step(&mut self, lr: f64) {
+        self.step_with(|scale| lr * scale);
+    }
+
+    /// [`Optimizer::step`] where each group's lr is `lr_of(its lr_scale)`: a schedule applied to each group's
+    /// base lr (finetune-semi's two learning rates, each decayed from its own base).
+    pub fn step_with(&mut self, lr_of: impl Fn(f64) -> f64) {
+        let lrs: Vec<f64> = self.groups.iter().map(|g| lr_of(g.lr_scale)).collect();
         let on_gpu = self.slots.first().is_some_and(|s| s.param.device().is_cuda());
-        if on_gpu && self.cfg.momentum != 0.0 && self.slots.iter().all(|s| s.buf.is_some()) {
-            self.step_foreach(lr);
+        if on_gpu && self.rule.momentum != 0.0 && self.slots.iter().all(|s| s.buf.is_some()) {
+            self.step_foreach(&lrs);
             return;
         }
-        let cfg = self.cfg.clone();
+        let rule = self.rule.clone();
         let mut ratios = Vec::new();
         tch::no_grad(|| {
-            let (grads, factors) = self.grads_and_factors(lr);
+            let (grads, factors) = self.grads_and_factors(&lrs);
             for ((s, g), local) in self.slots.iter_mut().zip(&grads).zip(factors) {
                 if !g.defined() {
                     continue;
                 }
-                let wd = if s.excluded { 0.0 } else { cfg.weight_decay };
+                let (wd, lr) = (self.groups[s.group].weight_decay, lrs[s.group]);
                 let d = if wd != 0.0 { g + &s.param * wd } else { g.shallow_clone() };
-                let d = match cfg.kind {
+                let d = match rule.kind {
                     OptimizerKind::Lars => d * (local * lr), // lr inside the momentum buffer
                     OptimizerKind::Sgd => d,
                 };
-                let update = if cfg.momentum != 0.0 {
+                let update = if rule.momentum != 0.0 {
                     match &mut s.buf {
                         Some(buf) => {
-                            let _ = buf.g_mul_scalar_(cfg.momentum).g_add_(&d);
+                            let _ = buf.g_mul_scalar_(rule.momentum).g_add_(&d);
                         }
                         None => s.buf = Some(d.detach().copy()),
                     }
@@ -191,7 +286,7 @@ impl Optimizer {
                 } else {
                     d
                 };
-                let update = match cfg.kind {
+                let update = match rule.kind {
                     OptimizerKind::Lars => update,
                     OptimizerKind::Sgd => update * lr,
                 };
@@ -212,21 +307,20 @@ impl Optimizer {
         &self.ratios
     }
 
-    /// [`Optimizer::step`] on a GPU once every momentum buffer exists: the same formulas over whole lists in a
-    /// few multi-tensor launches (`_foreach_*`), since hundreds of per-parameter launches otherwise bound the step.
-    /// Equal to the per-parameter path up to the last bit (fused multiply-adds); the CPU keeps that path, whose
-    /// numbers the golden and resume tests pin.
-    fn step_foreach(&mut self, lr: f64) {
+    /// [`Optimizer::step_with`] on a GPU once every momentum buffer exists (`lrs`: each group's lr): the same
+    /// formulas over whole lists in a few multi-tensor launches (`_foreach_*`), since hundreds of per-parameter
+    /// launches otherwise bound the step. Equal to the per-parameter path up to the last bit (fused multiply-adds);
+    /// the CPU keeps that path, whose numbers the golden and resume tests pin.
+    fn step_foreach(&mut self, lrs: &[f64]) {
         use lewel_ffi::foreach;
-        let cfg = self.cfg.clone();
+        let rule = self.rule.clone();
         let mut ratios = Vec::new();
         tch::no_grad(|| {
-            let (grads, factors) = self.grads_and_factors(lr);
-            // two groups: with and without weight decay
-            for decay in [true, false] {
-                let idx: Vec<usize> = (0..self.slots.len())
-                    .filter(|&i| grads[i].defined() && (!self.slots[i].excluded && cfg.weight_decay != 0.0) == decay)
-                    .collect();
+            let (grads, factors) = self.grads_and_factors(lrs);
+            for (gi, group) in self.groups.iter().enumerate() {
+                let (lr, wd) = (lrs[gi], group.weight_decay);
+                let idx: Vec<usize> =
+                    (0..self.slots.len()).filter(|&i| grads[i].defined() && self.slots[i].group == gi).collect();
                 if idx.is_empty() {
                     continue;
                 }
@@ -237,21 +331,21 @@ impl Optimizer {
                 // d = (g + wd·w)·(local·lr) for LARS, g + wd·w for SGD
                 let scale: Vec<f64> = idx
                     .iter()
-                    .map(|&i| match cfg.kind {
+                    .map(|&i| match rule.kind {
                         OptimizerKind::Lars => factors[i] * lr,
                         OptimizerKind::Sgd => 1.0,
                     })
                     .collect();
-                let d = if decay {
-                    let d = foreach::add(&g, &w, cfg.weight_decay).expect("foreach add");
+                let d = if wd != 0.0 {
+                    let d = foreach::add(&g, &w, wd).expect("foreach add");
                     foreach::mul_scalars_(&d, &scale).expect("foreach mul");
                     d
                 } else {
                     foreach::mul_scalars(&g, &scale).expect("foreach mul")
                 };
-                foreach::mul_scalar_(&bufs, cfg.momentum).expect("foreach mul");
+                foreach::mul_scalar_(&bufs, rule.momentum).expect("foreach mul");
                 foreach::add_(&bufs, &d, 1.0).expect("foreach add");
-                let alpha = match cfg.kind {
+                let alpha = match rule.kind {
                     OptimizerKind::Lars => -1.0,
                     OptimizerKind::Sgd => -lr,
                 };
@@ -271,22 +365,22 @@ impl Optimizer {
         self.ratios = pair_ratios(&ratios);
     }
 
-    /// Every slot's gradient (undefined when it has none) and its LARS factor at lr `lr` (1 for SGD).
-    fn grads_and_factors(&self, lr: f64) -> (Vec<Tensor>, Vec<f64>) {
+    /// Every slot's gradient (undefined when it has none) and its LARS factor at its group's lr (1 for SGD).
+    fn grads_and_factors(&self, lrs: &[f64]) -> (Vec<Tensor>, Vec<f64>) {
         let grads: Vec<Tensor> = self.slots.iter().map(|s| s.param.grad()).collect();
-        let factors = match self.cfg.kind {
-            OptimizerKind::Lars => self.lars_factors(&grads, lr),
+        let factors = match self.rule.kind {
+            OptimizerKind::Lars => self.lars_factors(&grads, lrs),
             OptimizerKind::Sgd => vec![1.0; self.slots.len()],
         };
         (grads, factors)
     }
 
-    /// The LARS factor of every slot: 1 in the excluded group, else `η‖w‖ / (‖g‖ + wd‖w‖)` from the norms as f64
-    /// scalars (the official `.item()` values), or with `clip` `min(that / lr, 1)`. All norms travel to the host in
-    /// one transfer.
-    fn lars_factors(&self, grads: &[Tensor], lr: f64) -> Vec<f64> {
+    /// The LARS factor of every slot: 1 in a group without `lars`, else `η‖w‖ / (‖g‖ + wd‖w‖)` from the norms as
+    /// f64 scalars (the official `.item()` values; a zero norm by [`ZeroNorm`]), or with `clip`
+    /// `min(that / lr, 1)`. All norms travel to the host in one transfer.
+    fn lars_factors(&self, grads: &[Tensor], lrs: &[f64]) -> Vec<f64> {
         let adapted: Vec<usize> =
-            (0..self.slots.len()).filter(|&i| !self.slots[i].excluded && grads[i].defined()).collect();
+            (0..self.slots.len()).filter(|&i| self.groups[self.slots[i].group].lars && grads[i].defined()).collect();
         let mut factors = vec![1.0; self.slots.len()];
         if adapted.is_empty() {
             return factors;
@@ -312,14 +406,12 @@ impl Optimizer {
             Vec::try_from(Tensor::stack(&norms, 0).to_device(tch::Device::Cpu))
                 .unwrap_or_else(|_| norms.iter().map(|n| n.double_value(&[])).collect())
         };
-        let wd = self.cfg.weight_decay;
         for (j, &i) in adapted.iter().enumerate() {
             let (w_norm, g_norm) =
                 (host.get(2 * j).copied().unwrap_or(0.0), host.get(2 * j + 1).copied().unwrap_or(0.0));
-            let denom = g_norm + wd * w_norm;
-            // NOTE(ref): Python raises ZeroDivisionError on 0/0; a zero factor keeps w unchanged instead.
-            let local = if denom > 0.0 { self.cfg.eta * w_norm / denom } else { 0.0 };
-            factors[i] = if self.cfg.clip && lr > 0.0 { (local / lr).min(1.0) } else { local };
+            let (wd, lr) = (self.groups[self.slots[i].group].weight_decay, lrs[self.slots[i].group]);
+            let local = trust_ratio(self.rule.eta, w_norm, g_norm, wd, self.rule.zero_norm);
+            factors[i] = if self.rule.clip && lr > 0.0 { (local / lr).min(1.0) } else { local };
         }
         factors
     }
@@ -372,6 +464,29 @@ impl Optimizer {
             });
         }
         Ok(())
+    }
+}
+
+/// The LARS trust ratio `η‖w‖ / (‖g‖ + wd‖w‖)`, and at a zero norm what `zero_norm` says: factor 0 where the
+/// denominator is 0 ([`ZeroNorm::Freeze`]; ‖w‖ = 0 alone gives 0 from the formula), factor 1 where ‖w‖ = 0 or
+/// ‖g‖ = 0 ([`ZeroNorm::Plain`]).
+pub fn trust_ratio(eta: f64, w_norm: f64, g_norm: f64, wd: f64, zero_norm: ZeroNorm) -> f64 {
+    match zero_norm {
+        ZeroNorm::Freeze => {
+            let denom = g_norm + wd * w_norm;
+            if denom > 0.0 {
+                eta * w_norm / denom
+            } else {
+                0.0
+            }
+        }
+        ZeroNorm::Plain => {
+            if w_norm > 0.0 && g_norm > 0.0 {
+                eta * w_norm / (g_norm + wd * w_norm)
+            } else {
+                1.0
+            }
+        }
     }
 }
 
@@ -503,12 +618,58 @@ mod tests {
                 if f.state().is_empty() {
                     f.step(0.3)
                 } else {
-                    f.step_foreach(0.3)
+                    f.step_foreach(&[0.3, 0.3])
                 }
                 let want = (&ws[0] - &before).norm().double_value(&[]) / before.norm().double_value(&[]);
                 assert!((f.update_ratios()[0] - want).abs() < 1e-12, "foreach {kind:?}");
             }
         }
+    }
+
+    #[test]
+    fn lars_at_a_zero_norm_freezes_for_pretraining_and_steps_plainly_for_the_probe() {
+        // ||w|| = 0, ||g|| = 1: the official LARS.py factor is 0 (the weight stays); SimSiam's is 1
+        assert_eq!(trust_ratio(0.001, 0.0, 1.0, 0.5, ZeroNorm::Freeze), 0.0);
+        assert_eq!(trust_ratio(0.001, 0.0, 1.0, 0.5, ZeroNorm::Plain), 1.0);
+        // both zero: 0 (Python would raise) and 1; ||g|| = 0 alone: eta/wd and 1
+        assert_eq!(trust_ratio(0.001, 0.0, 0.0, 0.5, ZeroNorm::Freeze), 0.0);
+        assert_eq!(trust_ratio(0.001, 2.0, 0.0, 0.5, ZeroNorm::Freeze), 0.001 * 2.0 / 1.0);
+        assert_eq!(trust_ratio(0.001, 2.0, 0.0, 0.5, ZeroNorm::Plain), 1.0);
+        // away from zero the two agree
+        assert_eq!(trust_ratio(0.1, 5.0, 1.0, 0.5, ZeroNorm::Freeze), trust_ratio(0.1, 5.0, 1.0, 0.5, ZeroNorm::Plain));
+        // through the optimiser: a zero weight with a gradient
+        for (zero_norm, want) in [(ZeroNorm::Freeze, 0.0), (ZeroNorm::Plain, -0.2 * 2.0)] {
+            let w = param(&[0.0, 0.0]);
+            let rule = Rule { kind: OptimizerKind::Lars, momentum: 0.9, eta: 0.001, clip: false, zero_norm };
+            let group = Group { lr_scale: 1.0, weight_decay: 0.5, lars: true };
+            let mut opt = Optimizer::with_groups(rule, vec![group], vec![("fc.weight".into(), w.shallow_clone(), 0)]);
+            backward(&w, &[2.0, 0.0]);
+            opt.step(0.2);
+            assert_eq!(w.double_value(&[0]), want, "{zero_norm:?}");
+        }
+    }
+
+    #[test]
+    fn groups_take_their_own_lr_and_weight_decay() {
+        let (a, b) = (param(&[1.0]), param(&[1.0]));
+        let rule =
+            Rule { kind: OptimizerKind::Sgd, momentum: 0.9, eta: 0.001, clip: false, zero_norm: ZeroNorm::Freeze };
+        let groups = vec![
+            Group { lr_scale: 0.1, weight_decay: 0.0, lars: false },
+            Group { lr_scale: 2.0, weight_decay: 0.5, lars: false },
+        ];
+        let mut opt = Optimizer::with_groups(
+            rule,
+            groups,
+            vec![("a".into(), a.shallow_clone(), 0), ("b".into(), b.shallow_clone(), 1)],
+        );
+        assert_eq!(opt.groups(), vec![vec!["a".to_string()], vec!["b".to_string()]]);
+        backward(&a, &[1.0]);
+        backward(&b, &[1.0]);
+        // each group's lr from its own base through the schedule (here x0.5)
+        opt.step_with(|base| base * 0.5);
+        assert_eq!(a.double_value(&[0]), 1.0 - 0.05 * 1.0);
+        assert_eq!(b.double_value(&[0]), 1.0 - 1.0 * 1.5);
     }
 
     #[test]
@@ -546,7 +707,7 @@ mod tests {
                 if step == 0 {
                     b.step(0.3); // the buffers start per parameter
                 } else {
-                    b.step_foreach(0.3);
+                    b.step_foreach(&[0.3, 0.3]);
                 }
                 for (x, y) in wa.iter().zip(&wb) {
                     assert!(x.allclose(y, 1e-13, 1e-13, false), "{kind:?} step {step}: {x:?} vs {y:?}");

@@ -1,4 +1,5 @@
-//! Learning-rate and EMA-momentum schedules of the official LEWEL_B runs.
+//! Learning-rate and EMA-momentum schedules: the one home of warm-up + cosine, step decay and cosine, for
+//! pre-training, finetune-semi ([`LrSchedule`], per step) and the linear probe (per epoch).
 //!
 //! LEWEL: <https://arxiv.org/abs/2203.14898>. Ports `utils/lr_schedule.py` (`warmup_learning_rate`,
 //! `adjust_learning_rate` with `--cos`) and the momentum formula of `momentum_update`, as described in
@@ -29,6 +30,42 @@ impl EmaSchedule {
             EmaSchedule::Constant => base,
         }
     }
+}
+
+/// The learning-rate schedule the loop applies to every base learning rate of a task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum LrSchedule {
+    /// Per-step linear warm-up over `warmup_epochs`, then a cosine constant within each epoch
+    /// ([`lr_at`]; the official pre-training schedule).
+    WarmupCosine { warmup_epochs: u64 },
+    /// Step decay per epoch: the base lr times `gamma` for every milestone `<=` the epoch (the official
+    /// semi-supervised and linear schedules: ×0.1 at 30 and 40 of 50).
+    Steps { milestones: Vec<u64>, gamma: f64 },
+}
+
+impl LrSchedule {
+    /// The lr of step `in_epoch` of (0-based) `epoch` for a base lr `base`.
+    pub fn lr(&self, base: f64, epochs: u64, epoch: u64, in_epoch: u64, steps_per_epoch: u64) -> f64 {
+        match self {
+            LrSchedule::WarmupCosine { warmup_epochs } => {
+                lr_at(base, *warmup_epochs, epochs, epoch, in_epoch, steps_per_epoch)
+            }
+            LrSchedule::Steps { milestones, gamma } => step_decay(base, milestones, *gamma, epoch),
+        }
+    }
+}
+
+/// Step decay per epoch: `base` times `gamma` once for every milestone `<=` the (0-based) `epoch`, multiplied in
+/// turn as the official scripts do (`for m in schedule: lr *= 0.1 if epoch >= m else 1.`).
+pub fn step_decay(base: f64, milestones: &[u64], gamma: f64, epoch: u64) -> f64 {
+    milestones.iter().filter(|&&m| epoch >= m).fold(base, |lr, _| lr * gamma)
+}
+
+/// A cosine over the epochs without warm-up, constant within an epoch: `base·½·(1 + cos(π·epoch / epochs))`, the
+/// full lr at epoch 0 and a small non-zero one at the last ([`lr_at`] with no warm-up; `main_lincls.py --cos`).
+pub fn cosine(base: f64, epochs: u64, epoch: u64) -> f64 {
+    lr_at(base, 0, epochs, epoch, 0, 1)
 }
 
 /// The learning rate of step `iter` (0-based) of epoch `epoch` (0-based).
@@ -92,6 +129,19 @@ mod tests {
         assert!(close(last, 0.0010965, 5e-8), "{last}");
         // no warmup: cosine from epoch 0
         assert!(close(lr_at(1.0, 0, 10, 0, 0, 5), 1.0, 1e-15));
+    }
+
+    #[test]
+    fn step_decay_and_cosine() {
+        assert_eq!(step_decay(0.4, &[30, 40], 0.1, 29), 0.4);
+        assert_eq!(step_decay(0.4, &[30, 40], 0.1, 30), 0.4 * 0.1);
+        assert_eq!(step_decay(0.4, &[30, 40], 0.1, 49), 0.4 * 0.1 * 0.1);
+        let s = LrSchedule::Steps { milestones: vec![30, 40], gamma: 0.1 };
+        assert_eq!(s.lr(0.4, 50, 40, 3, 10), step_decay(0.4, &[30, 40], 0.1, 40));
+        assert_eq!(cosine(3.2, 90, 0), 3.2);
+        assert!(close(cosine(3.2, 90, 45), 1.6, 1e-12));
+        let w = LrSchedule::WarmupCosine { warmup_epochs: 0 };
+        assert_eq!(w.lr(3.2, 90, 45, 7, 10), cosine(3.2, 90, 45));
     }
 
     #[test]

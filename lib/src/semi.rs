@@ -42,11 +42,10 @@ use crate::data::{EvalConfig, EvalLoader, LoaderConfig};
 use crate::eval::metrics::{true_class_rank, TopK};
 use crate::events::{Event, EventSink};
 use crate::model::{Lewel, ModelConfig};
-use crate::optim::MOMENTUM_PREFIX;
+use crate::optim::{Group, Optimizer, Rule};
 use crate::run::RunDir;
-use crate::train::{
-    self, BatchSource, LoopBatch, LoopConfig, LrSchedule, RunOptions, StepCtx, StepOut, StepReport, TrainTask,
-};
+use crate::schedule::LrSchedule;
+use crate::train::{self, BatchSource, LoopBatch, LoopConfig, RunOptions, StepCtx, StepOut, StepReport, TrainTask};
 use crate::LewelError;
 
 pub const TOOL: &str = "finetune-semi";
@@ -367,14 +366,6 @@ impl BatchSource for Labelled {
     }
 }
 
-/// A trainable parameter with its momentum buffer.
-struct Param {
-    name: String,
-    tensor: Tensor,
-    classifier: bool,
-    buf: Option<Tensor>,
-}
-
 /// The fine-tuning state: the model (its online backbone trains), the classifier, the SGD buffers.
 pub struct SemiTask<'a> {
     cfg: &'a SemiConfig,
@@ -382,7 +373,8 @@ pub struct SemiTask<'a> {
     model: Lewel,
     fc_weight: Tensor,
     fc_bias: Tensor,
-    params: Vec<Param>,
+    /// SGD over two groups: the backbone (`lr_backbone`) and the classifier (`lr_classifier`).
+    opt: Optimizer,
     device: Device,
     val: EvalLoader,
     val_data: Arc<dyn Dataset>,
@@ -390,6 +382,25 @@ pub struct SemiTask<'a> {
     channels_last: bool,
     /// The fp16 loss scaler (None for fp32 and bf16).
     scaler: Option<GradScaler>,
+}
+
+/// The optimiser groups of [`semi_optimizer`].
+const BACKBONE: usize = 0;
+const CLASSIFIER: usize = 1;
+
+/// torch.optim.SGD over `params` (name, tensor, [`BACKBONE`] or [`CLASSIFIER`]): momentum and weight decay on
+/// every parameter, the backbone's lr from `lr_backbone` and the classifier's from `lr_classifier` (each group's
+/// `lr_scale`, which the loop's schedule decays).
+fn semi_optimizer(cfg: &SemiConfig, params: Vec<(String, Tensor, usize)>) -> Optimizer {
+    let wd = cfg.weight_decay;
+    Optimizer::with_groups(
+        Rule::sgd(cfg.momentum),
+        vec![
+            Group { lr_scale: cfg.lr_backbone, weight_decay: wd, lars: false },
+            Group { lr_scale: cfg.lr_classifier, weight_decay: wd, lars: false },
+        ],
+        params,
+    )
 }
 
 /// torchvision's `nn.Linear` init: weight and bias ~ U(−1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming_uniform with
@@ -404,7 +415,10 @@ pub fn linear_init(classes: i64, fan_in: i64, device: Device) -> (Tensor, Tensor
 impl<'a> SemiTask<'a> {
     /// The parameter groups: (name, is classifier), in update order (backbone by name, then `fc.weight`, `fc.bias`).
     pub fn groups(&self) -> Vec<(String, bool)> {
-        self.params.iter().map(|p| (p.name.clone(), p.classifier)).collect()
+        let groups = self.opt.groups();
+        let mut v: Vec<(String, bool)> = groups[BACKBONE].iter().map(|n| (n.clone(), false)).collect();
+        v.extend(groups[CLASSIFIER].iter().map(|n| (n.clone(), true)));
+        v
     }
 
     fn logits(&self, x: &Tensor, train: bool) -> Result<Tensor> {
@@ -430,25 +444,12 @@ impl TrainTask for SemiTask<'_> {
         if !loss.is_finite() {
             return Ok(StepOut { loss, lr: lr_b, fields: Vec::new(), warnings: Vec::new() });
         }
-        for p in &mut self.params {
-            p.tensor.zero_grad();
-        }
-        let (m, wd) = (self.cfg.momentum, self.cfg.weight_decay);
         let mut fields = vec![("lr_classifier", lr_c)];
-        match &mut self.scaler {
-            None => {
-                loss_t.backward();
-                sgd_step(&mut self.params, m, wd, lr_b, lr_c);
-            }
-            Some(scaler) => {
-                let used = scaler.scale()?;
-                scaler.scale_loss(&loss_t)?.f_backward()?;
-                let grads: Vec<Tensor> = self.params.iter().map(|p| p.tensor.grad()).collect();
-                let params = &mut self.params;
-                scaler.step(&grads, || sgd_step(params, m, wd, lr_b, lr_c))?;
-                fields.extend([("loss_scale", used), ("skipped_steps", scaler.skipped_steps() as f64)]);
-            }
-        }
+        // each group's lr decayed from its own base (the step decay multiplies both)
+        let scaling = train::backward_and_update(&loss_t, &mut self.opt, self.scaler.as_mut(), None, |opt| {
+            opt.step_with(|base| ctx.lr(base))
+        })?;
+        fields.extend(scaling);
         Ok(StepOut { loss, lr: lr_b, fields, warnings: Vec::new() })
     }
 
@@ -456,11 +457,7 @@ impl TrainTask for SemiTask<'_> {
         let mut s = self.model.state_dict();
         s.push(("fc.weight".into(), self.fc_weight.shallow_clone()));
         s.push(("fc.bias".into(), self.fc_bias.shallow_clone()));
-        for p in &self.params {
-            if let Some(b) = &p.buf {
-                s.push((format!("{MOMENTUM_PREFIX}{}", p.name), b.shallow_clone()));
-            }
-        }
+        s.extend(self.opt.state());
         if let Some(scaler) = &self.scaler {
             s.extend(scaler.state());
         }
@@ -484,14 +481,7 @@ impl TrainTask for SemiTask<'_> {
             }
             Ok(())
         })?;
-        for p in &mut self.params {
-            // `zeros_like` keeps the parameter's memory format (channels-last), as a buffer made by a step does.
-            p.buf = tensors.get(&format!("{MOMENTUM_PREFIX}{}", p.name)).map(|t| {
-                let mut b = p.tensor.zeros_like();
-                tch::no_grad(|| b.copy_(t));
-                b
-            });
-        }
+        self.opt.load_state(tensors).with_context(|| format!("{}: optimiser state", path.display()))?;
         if let Some(scaler) = &mut self.scaler {
             scaler.load_state(tensors).with_context(|| format!("{}: loss-scaler state", path.display()))?;
         }
@@ -522,30 +512,6 @@ impl TrainTask for SemiTask<'_> {
         m.insert("n_val".into(), json!(acc.n));
         Ok(Some(m))
     }
-}
-
-/// One update of torch.optim.SGD over `params` (the backbone with lr `lr_b`, the classifier with `lr_c`):
-/// `d = g + wd·w`; `buf = d` at the first step, then `m·buf + d`; `w −= lr·buf`. Parameters without a gradient are
-/// skipped.
-fn sgd_step(params: &mut [Param], m: f64, wd: f64, lr_b: f64, lr_c: f64) {
-    tch::no_grad(|| {
-        for p in params {
-            let g = p.tensor.grad();
-            if !g.defined() {
-                continue;
-            }
-            let d = g + &p.tensor * wd;
-            match &mut p.buf {
-                Some(buf) => {
-                    let _ = buf.g_mul_scalar_(m).g_add_(&d);
-                }
-                None => p.buf = Some(d.detach().copy()),
-            }
-            let lr = if p.classifier { lr_c } else { lr_b };
-            let buf = p.buf.as_ref().expect("set above");
-            let _ = p.tensor.g_sub_(&(buf * lr));
-        }
-    });
 }
 
 /// The result (`RUN/result.json`).
@@ -625,14 +591,15 @@ pub fn run(
     tch::manual_seed(cfg.seed as i64);
     let c = model.online().backbone.out_channels();
     let (fc_weight, fc_bias) = linear_init(classes as i64, c, device);
-    let mut params: Vec<Param> = model
+    let mut params: Vec<(String, Tensor, usize)> = model
         .trainable()
         .into_iter()
         .filter(|(n, _)| n.starts_with("online_net.backbone."))
-        .map(|(name, tensor)| Param { name, tensor, classifier: false, buf: None })
+        .map(|(name, tensor)| (name, tensor, BACKBONE))
         .collect();
-    params.push(Param { name: "fc.weight".into(), tensor: fc_weight.shallow_clone(), classifier: true, buf: None });
-    params.push(Param { name: "fc.bias".into(), tensor: fc_bias.shallow_clone(), classifier: true, buf: None });
+    params.push(("fc.weight".into(), fc_weight.shallow_clone(), CLASSIFIER));
+    params.push(("fc.bias".into(), fc_bias.shallow_clone(), CLASSIFIER));
+    let opt = semi_optimizer(cfg, params);
 
     let recipe = default_train_recipe(cfg.size, cfg.eval_resize, cfg.eval_crop)?;
     let lc_data = LoaderConfig {
@@ -679,7 +646,7 @@ pub fn run(
         model,
         fc_weight,
         fc_bias,
-        params,
+        opt,
         device,
         val,
         val_data: val_data.clone(),

@@ -30,7 +30,7 @@ use crate::events::{Event, EventSink};
 use crate::model::{Lewel, ModelConfig};
 use crate::optim::{OptimConfig, Optimizer};
 use crate::run::RunDir;
-use crate::schedule;
+use crate::schedule::{self, LrSchedule};
 use crate::signals;
 use crate::LewelError;
 
@@ -362,32 +362,6 @@ pub fn build(cfg: &PretrainConfig, device: Device) -> Result<(nn::VarStore, Lewe
 // ---------------------------------------------------------------------------------------------------------------
 // The loop core, shared by `pretrain` and `finetune-semi`.
 // ---------------------------------------------------------------------------------------------------------------
-
-/// The learning-rate schedule the loop applies to every base learning rate of a task.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
-pub enum LrSchedule {
-    /// Per-step linear warm-up over `warmup_epochs`, then a cosine constant within each epoch
-    /// ([`schedule::lr_at`]; the official pre-training schedule).
-    WarmupCosine { warmup_epochs: u64 },
-    /// Step decay per epoch: the base lr times `gamma` for every milestone `<=` the epoch (the official
-    /// semi-supervised and linear schedules: ×0.1 at 30 and 40 of 50).
-    Steps { milestones: Vec<u64>, gamma: f64 },
-}
-
-impl LrSchedule {
-    /// The lr of step `in_epoch` of (0-based) `epoch` for a base lr `base`.
-    pub fn lr(&self, base: f64, epochs: u64, epoch: u64, in_epoch: u64, steps_per_epoch: u64) -> f64 {
-        match self {
-            LrSchedule::WarmupCosine { warmup_epochs } => {
-                schedule::lr_at(base, *warmup_epochs, epochs, epoch, in_epoch, steps_per_epoch)
-            }
-            LrSchedule::Steps { milestones, gamma } => {
-                milestones.iter().filter(|&&m| epoch >= m).fold(base, |lr, _| lr * gamma)
-            }
-        }
-    }
-}
 
 /// Where the loop stands at a step (given to [`TrainTask::train_step`]).
 #[derive(Debug, Clone)]
@@ -892,34 +866,10 @@ impl TrainTask for PretrainTask<'_> {
         if !loss.is_finite() {
             return Ok(StepOut { loss, lr, fields: Vec::new(), warnings: Vec::new() });
         }
-        // The same three calls as `model::train_step` (which the golden tests use); inlined here
-        // because the loss is checked for divergence before the step is taken.
-        self.opt.zero_grad();
-        let mut scaling = Vec::new();
-        if let Some(r) = &mut self.reducer {
-            r.prepare()?;
-        }
-        match &mut self.scaler {
-            None => {
-                terms.total.f_backward().map_err(crate::dist::backward_error)?;
-                if let Some(r) = &mut self.reducer {
-                    r.finish()?;
-                }
-                self.opt.step(lr);
-            }
-            Some(scaler) => {
-                let used = scaler.scale()?;
-                scaler.scale_loss(&terms.total)?.f_backward().map_err(crate::dist::backward_error)?;
-                // averaged while scaled, as DDP does before GradScaler unscales: every rank then finds the
-                // same infs and skips the same steps
-                if let Some(r) = &mut self.reducer {
-                    r.finish()?;
-                }
-                let opt = &mut self.opt;
-                scaler.step(&opt.grads(), || opt.step(lr))?;
-                scaling = vec![("loss_scale", used), ("skipped_steps", scaler.skipped_steps() as f64)];
-            }
-        }
+        let scaling =
+            backward_and_update(&terms.total, &mut self.opt, self.scaler.as_mut(), self.reducer.as_mut(), |opt| {
+                opt.step(lr)
+            })?;
         if !crate::fault::active().frozen_ema {
             self.model.momentum_update(m);
         }
@@ -971,6 +921,44 @@ impl TrainTask for PretrainTask<'_> {
         match &self.monitor {
             Some(m) => Ok(Some(m.evaluate(&self.model, self.device, TOOL, sink)?)),
             None => Ok(None),
+        }
+    }
+}
+
+/// The backward pass and the update of both training tasks (pre-training and finetune-semi): the gradients
+/// zeroed, the backward pass of `loss` (scaled by the fp16 loss scaler when there is one), the gradients
+/// averaged over the ranks when there is a `reducer` (while still scaled, as DDP does before GradScaler unscales:
+/// every rank then finds the same infs and skips the same steps), then `update` unless the scaler finds an inf or
+/// NaN gradient (PyTorch's GradScaler recipe, [`crate::amp`]). Returns the scaler's fields of the step event
+/// (`loss_scale`, `skipped_steps`), none without a scaler.
+pub fn backward_and_update(
+    loss: &Tensor,
+    opt: &mut Optimizer,
+    scaler: Option<&mut GradScaler>,
+    mut reducer: Option<&mut crate::dist::GradReducer>,
+    update: impl FnOnce(&mut Optimizer),
+) -> Result<Vec<(&'static str, f64)>> {
+    opt.zero_grad();
+    if let Some(r) = reducer.as_mut() {
+        r.prepare()?;
+    }
+    match scaler {
+        None => {
+            loss.f_backward().map_err(crate::dist::backward_error)?;
+            if let Some(r) = reducer.as_mut() {
+                r.finish()?;
+            }
+            update(opt);
+            Ok(Vec::new())
+        }
+        Some(scaler) => {
+            let used = scaler.scale()?;
+            scaler.scale_loss(loss)?.f_backward().map_err(crate::dist::backward_error)?;
+            if let Some(r) = reducer.as_mut() {
+                r.finish()?;
+            }
+            scaler.step(&opt.grads(), || update(opt))?;
+            Ok(vec![("loss_scale", used), ("skipped_steps", scaler.skipped_steps() as f64)])
         }
     }
 }

@@ -47,6 +47,12 @@ impl Rng {
         Rng { state: s }
     }
 
+    /// A generator at a raw SplitMix64 state (the linear probe's, keyed before [`Rng::from_key`] existed; its
+    /// numbers stay as they were).
+    pub fn from_state(state: u64) -> Rng {
+        Rng { state }
+    }
+
     /// The generator of the order of `epoch` under `seed`.
     pub fn for_order(seed: u64, epoch: u64) -> Rng {
         Rng::from_key(&[seed, Stream::Order as u64, epoch])

@@ -27,7 +27,10 @@ use tch::{Device, Kind, Tensor};
 use super::features::{FeatureSource, ProbeData};
 use super::metrics::{true_class_rank, TopK};
 use super::{device_name, join, write_result_json, Progress};
+use crate::data::rng::Rng;
 use crate::events::{Event, EventSink};
+use crate::optim::{Group, Optimizer, Rule, ZeroNorm};
+use crate::schedule;
 use crate::LewelError;
 
 const TOOL: &str = "linear-probe";
@@ -73,28 +76,12 @@ impl std::fmt::Display for Preset {
     }
 }
 
-/// The optimizer of the probe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OptimizerKind {
-    /// Heavy-ball SGD with `torch.optim.SGD` semantics (`buf = m*buf + g + wd*w; w -= lr*buf`).
-    Sgd,
-    /// LARS in the official LEWEL form (see [`lars_step`]); the bias is excluded from it and from wd.
-    Lars,
-}
+/// The optimizer of the probe: SGD (`torch.optim.SGD` semantics, weight decay on the bias too), or LARS in the
+/// official LEWEL form with the bias excluded from it and from wd (see [`probe_optimizer`]).
+pub use crate::optim::OptimizerKind;
 
-impl FromStr for OptimizerKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "sgd" => Ok(OptimizerKind::Sgd),
-            "lars" => Ok(OptimizerKind::Lars),
-            _ => Err(format!("unknown optimizer {s:?}; expected sgd or lars")),
-        }
-    }
-}
-
-/// How the learning rate changes over the epochs (set once at the start of each epoch).
+/// How the learning rate changes over the epochs (set once at the start of each epoch; the formulas are
+/// [`crate::schedule`]'s).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Schedule {
@@ -209,14 +196,14 @@ impl Protocol {
         Ok(())
     }
 
-    /// The learning rate of epoch `epoch` (counted from 0).
+    /// The learning rate of epoch `epoch` (counted from 0), from [`crate::schedule`].
     pub fn lr_at(&self, epoch: usize) -> f64 {
         match self.schedule {
             Schedule::Step => {
-                let passed = self.milestones.iter().filter(|&&m| epoch >= m).count();
-                self.lr * self.lr_decay.powi(passed as i32)
+                let milestones: Vec<u64> = self.milestones.iter().map(|&m| m as u64).collect();
+                schedule::step_decay(self.lr, &milestones, self.lr_decay, epoch as u64)
             }
-            Schedule::Cosine => self.lr * 0.5 * (1.0 + (PI * epoch as f64 / self.epochs as f64).cos()),
+            Schedule::Cosine => schedule::cosine(self.lr, self.epochs as u64, epoch as u64),
         }
     }
 }
@@ -453,7 +440,7 @@ pub fn train_with(
         .to_device(device)
         .set_requires_grad(true);
     let bias = Tensor::zeros([classes as i64], (Kind::Float, device)).set_requires_grad(true);
-    let mut opt = ProbeOptimizer::new(p, &[(&weight, false), (&bias, true)]);
+    let mut opt = probe_optimizer(p, &weight, &bias);
 
     let steps_per_epoch = batches.steps_per_epoch();
     let total_steps = (steps_per_epoch * p.epochs) as u64;
@@ -588,119 +575,45 @@ fn score(weight: &Tensor, bias: &Tensor, x: &Tensor, y: &Tensor) -> (TopK, f64) 
     (acc, loss_sum / n as f64)
 }
 
-/// The probe's optimizer: a momentum buffer per parameter and the SGD or LARS update.
-///
-/// NOTE: a small local optimizer, so that the probe's update is exactly the official one and testable
-/// by hand; it can give way to `lewel::optim` once that module has SGD and LARS.
-struct ProbeOptimizer {
-    kind: OptimizerKind,
-    momentum: f64,
-    weight_decay: f64,
-    eta: f64,
-    /// (parameter, momentum buffer, excluded from LARS and weight decay)
-    params: Vec<(Tensor, Tensor, bool)>,
-}
-
-impl ProbeOptimizer {
-    fn new(p: &Protocol, params: &[(&Tensor, bool)]) -> Self {
-        ProbeOptimizer {
-            kind: p.optimizer,
-            momentum: p.momentum,
-            weight_decay: p.weight_decay,
-            eta: p.lars_eta,
-            params: params.iter().map(|(t, ex)| (t.shallow_clone(), t.zeros_like().detach(), *ex)).collect(),
-        }
-    }
-
-    fn zero_grad(&mut self) {
-        for (t, _, _) in &mut self.params {
-            t.zero_grad();
-        }
-    }
-
-    /// One update with learning rate `lr` (call under `no_grad`).
-    fn step(&mut self, lr: f64) {
-        for (w, buf, exclude) in &mut self.params {
-            let g = w.grad();
-            if !g.defined() {
-                continue;
-            }
-            match self.kind {
-                // torch.optim.SGD applies the weight decay to every parameter; the official probe does too.
-                OptimizerKind::Sgd => sgd_step(w, &g, buf, lr, self.momentum, self.weight_decay),
-                OptimizerKind::Lars => {
-                    let (wd, eta) = if *exclude { (0.0, None) } else { (self.weight_decay, Some(self.eta)) };
-                    lars_step(w, &g, buf, lr, self.momentum, wd, eta)
-                }
-            }
-        }
+/// The probe's optimiser over the fc layer (one [`crate::optim::Optimizer`]): with SGD one group, weight and bias,
+/// both decayed (`torch.optim.SGD` applies the weight decay to every parameter; the official probe does too); with
+/// LARS the weight adapted and decayed, the bias in a group of its own without either (lr inside the buffer, as
+/// `utils/LARS.py`). Where a norm is 0 the LARS factor is 1 ([`ZeroNorm::Plain`], SimSiam's LARS, whose protocol
+/// LEWEL_M's linear evaluation follows; the pre-training's is 0).
+fn probe_optimizer(p: &Protocol, weight: &Tensor, bias: &Tensor) -> Optimizer {
+    let rule =
+        Rule { kind: p.optimizer, momentum: p.momentum, eta: p.lars_eta, clip: false, zero_norm: ZeroNorm::Plain };
+    let (w, b) = (("fc.weight".to_string(), weight.shallow_clone()), ("fc.bias".to_string(), bias.shallow_clone()));
+    match p.optimizer {
+        OptimizerKind::Sgd => Optimizer::with_groups(
+            rule,
+            vec![Group { lr_scale: 1.0, weight_decay: p.weight_decay, lars: false }],
+            vec![(w.0, w.1, 0), (b.0, b.1, 0)],
+        ),
+        OptimizerKind::Lars => Optimizer::with_groups(
+            rule,
+            vec![
+                Group { lr_scale: 1.0, weight_decay: p.weight_decay, lars: true },
+                Group { lr_scale: 1.0, weight_decay: 0.0, lars: false },
+            ],
+            vec![(w.0, w.1, 0), (b.0, b.1, 1)],
+        ),
     }
 }
 
-/// One `torch.optim.SGD` step (no dampening, no Nesterov), in place:
-/// `d = g + wd*w; buf = m*buf + d; w -= lr*buf` (a zero `buf` makes the first step `buf = d`).
-pub fn sgd_step(w: &mut Tensor, g: &Tensor, buf: &mut Tensor, lr: f64, momentum: f64, wd: f64) {
-    let d = if wd != 0.0 { g + &*w * wd } else { g.shallow_clone() };
-    let _ = buf.g_mul_scalar_(momentum);
-    let _ = buf.g_add_(&d);
-    let _ = w.g_sub_(&(&*buf * lr));
-}
-
-/// One LARS step in the official LEWEL form (`utils/LARS.py`, `reference/lewel-official.md` §5.1), in place:
-///
-/// ```text
-/// local_lr = eta * ||w|| / (||g|| + wd * ||w||)     (1 for excluded parameters: eta = None)
-/// d   = (g + wd * w) * local_lr * lr                 (the lr sits inside the momentum buffer)
-/// buf = m * buf + d
-/// w  -= buf
-/// ```
-///
-/// NOTE(ref): where `||w||` or `||g||` is 0 the official code divides to 0 or NaN; here the trust ratio
-/// is 1 then (a zero gradient makes no step either way).
-pub fn lars_step(w: &mut Tensor, g: &Tensor, buf: &mut Tensor, lr: f64, momentum: f64, wd: f64, eta: Option<f64>) {
-    let d = if wd != 0.0 { g + &*w * wd } else { g.shallow_clone() };
-    let local_lr = match eta {
-        None => 1.0,
-        Some(eta) => {
-            let w_norm = w.norm().double_value(&[]);
-            let g_norm = g.norm().double_value(&[]);
-            if w_norm > 0.0 && g_norm > 0.0 {
-                eta * w_norm / (g_norm + wd * w_norm)
-            } else {
-                1.0
-            }
-        }
-    };
-    let _ = buf.g_mul_scalar_(momentum);
-    let _ = buf.g_add_(&(d * (local_lr * lr)));
-    let _ = w.g_sub_(buf);
-}
-
-/// SplitMix64: a small, well-mixed generator for seeds, shuffles and initial weights.
-fn splitmix64(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// The order of epoch `epoch`: a Fisher-Yates shuffle of `0..n` from a generator keyed by (seed, epoch).
+/// The order of epoch `epoch`: a Fisher-Yates shuffle of `0..n` ([`Rng::shuffle`]) from a SplitMix64 generator
+/// keyed by (seed, epoch).
 pub fn permutation(seed: u64, epoch: u64, n: usize) -> Vec<i64> {
-    let mut state = seed ^ 0x6C69_6E65_6172_0000; // "linear"
-    let mut state = splitmix64(&mut state) ^ epoch.wrapping_mul(0xD1B5_4A32_D192_ED03);
+    let key = Rng::from_state(seed ^ 0x6C69_6E65_6172_0000).next_u64(); // "linear"
     let mut order: Vec<i64> = (0..n as i64).collect();
-    for i in (1..n).rev() {
-        let j = ((splitmix64(&mut state) as u128 * (i as u128 + 1)) >> 64) as usize;
-        order.swap(i, j);
-    }
+    Rng::from_state(key ^ epoch.wrapping_mul(0xD1B5_4A32_D192_ED03)).shuffle(&mut order);
     order
 }
 
 /// `len` draws from N(0, std^2) (Box-Muller) from a generator keyed by the seed.
 fn normal_init(seed: u64, len: usize, std: f64) -> Vec<f32> {
-    let mut state = seed ^ 0x6663_5f69_6e69_7400; // "fc_init"
-    let mut uniform = || ((splitmix64(&mut state) >> 11) as f64 + 0.5) / (1u64 << 53) as f64; // (0, 1)
+    let mut rng = Rng::from_state(seed ^ 0x6663_5f69_6e69_7400); // "fc_init"
+    let mut uniform = || ((rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64; // (0, 1)
     let mut out = Vec::with_capacity(len + 1);
     while out.len() < len {
         let (u1, u2) = (uniform(), uniform());
@@ -731,13 +644,13 @@ mod tests {
 
     /// Four classes in 6-D, linearly separable with a margin: class c has a large coordinate c.
     fn separable(n: usize, salt: u64) -> FeatureSet {
-        let mut s = salt;
+        let mut s = Rng::from_state(salt);
         let mut data = Vec::new();
         let mut labels = Vec::new();
         for i in 0..n {
             let c = i % 4;
             for d in 0..6 {
-                let noise = (splitmix64(&mut s) >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+                let noise = (s.next_u64() >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
                 data.push(if d == c { 2.0 } else { 0.0 } + 0.5 * noise);
             }
             labels.push(c as i64);
@@ -811,47 +724,82 @@ mod tests {
         assert!(last < 0.001);
     }
 
+    /// Sets the gradient of the leaf `w` to `g` (the loss Σ g·w).
+    fn set_grad(w: &Tensor, g: &[f64]) {
+        w.shallow_clone().zero_grad();
+        (w * Tensor::from_slice(g)).sum(Kind::Double).backward();
+    }
+
+    fn values(t: &Tensor) -> Vec<f64> {
+        Vec::<f64>::try_from(&t.detach()).unwrap()
+    }
+
     #[test]
     fn sgd_step_by_hand() {
-        let mut w = Tensor::from_slice(&[1.0f64, -2.0]);
-        let mut buf = w.zeros_like();
-        let g = Tensor::from_slice(&[0.5f64, 0.25]);
+        let w = Tensor::from_slice(&[1.0f64, -2.0]).set_requires_grad(true);
+        let b = Tensor::from_slice(&[0.0f64]).set_requires_grad(true);
+        let g = [0.5f64, 0.25];
+        let sgd = |wd| Protocol { optimizer: OptimizerKind::Sgd, momentum: 0.9, weight_decay: wd, ..quick() };
+        let mut opt = probe_optimizer(&sgd(0.1), &w, &b);
         // step 1: d = g + 0.1 w = [0.6, 0.05]; buf = d; w = w - 0.1 buf = [0.94, -2.005]
-        sgd_step(&mut w, &g, &mut buf, 0.1, 0.9, 0.1);
-        assert_eq!(Vec::<f64>::try_from(&w).unwrap(), vec![1.0 - 0.1 * 0.6, -2.0 - 0.1 * 0.05]);
-        // step 2 (wd 0): buf = 0.9 [0.6, 0.05] + [0.5, 0.25] = [1.04, 0.295]
-        sgd_step(&mut w, &g, &mut buf, 0.1, 0.9, 0.0);
+        set_grad(&w, &g);
+        set_grad(&b, &[0.0]);
+        opt.step(0.1);
+        assert_eq!(values(&w), vec![1.0 - 0.1 * 0.6, -2.0 - 0.1 * 0.05]);
+        // step 2 (wd 0, the buffers carried over): buf = 0.9 [0.6, 0.05] + [0.5, 0.25] = [1.04, 0.295]
+        let mut opt2 = probe_optimizer(&sgd(0.0), &w, &b);
+        opt2.load_state(&opt.state().into_iter().collect()).unwrap();
+        set_grad(&w, &g);
+        set_grad(&b, &[0.0]);
+        opt2.step(0.1);
         let want = [0.94 - 0.1 * (0.9 * 0.6 + 0.5), -2.005 - 0.1 * (0.9 * 0.05 + 0.25)];
-        let got = Vec::<f64>::try_from(&w).unwrap();
+        let got = values(&w);
         assert!((got[0] - want[0]).abs() < 1e-12 && (got[1] - want[1]).abs() < 1e-12, "{got:?}");
     }
 
     #[test]
     fn lars_step_by_hand() {
         // w = [3, 4] (||w|| = 5), g = [0, 2] (||g|| = 2), wd = 0.1, eta = 0.001, lr = 2, m = 0.9
-        let mut w = Tensor::from_slice(&[3.0f64, 4.0]);
-        let mut buf = w.zeros_like();
-        let g = Tensor::from_slice(&[0.0f64, 2.0]);
-        lars_step(&mut w, &g, &mut buf, 2.0, 0.9, 0.1, Some(0.001));
+        let w = Tensor::from_slice(&[3.0f64, 4.0]).set_requires_grad(true);
+        let b = Tensor::from_slice(&[1.0f64]).set_requires_grad(true);
+        let g = [0.0f64, 2.0];
+        let p =
+            Protocol { optimizer: OptimizerKind::Lars, momentum: 0.9, weight_decay: 0.1, lars_eta: 0.001, ..quick() };
+        let mut opt = probe_optimizer(&p, &w, &b);
+        set_grad(&w, &g);
+        set_grad(&b, &[0.5]);
+        opt.step(2.0);
         let local = 0.001 * 5.0 / (2.0 + 0.1 * 5.0); // 0.002
         let d = [(0.0 + 0.1 * 3.0) * local * 2.0, (2.0 + 0.1 * 4.0) * local * 2.0];
-        let got = Vec::<f64>::try_from(&w).unwrap();
+        let got = values(&w);
         assert!((got[0] - (3.0 - d[0])).abs() < 1e-15 && (got[1] - (4.0 - d[1])).abs() < 1e-15, "{got:?}");
+        // excluded parameter (the bias): plain momentum step with lr inside, no wd
+        assert_eq!(values(&b)[0], 1.0 - 0.5 * 2.0);
         // second step: buf = 0.9 d + d2 with the new norms
         let w1 = got.clone();
-        lars_step(&mut w, &g, &mut buf, 2.0, 0.9, 0.1, Some(0.001));
+        set_grad(&w, &g);
+        set_grad(&b, &[0.5]);
+        opt.step(2.0);
         let wn = (w1[0] * w1[0] + w1[1] * w1[1]).sqrt();
         let local2 = 0.001 * wn / (2.0 + 0.1 * wn);
         let d2 = [(0.1 * w1[0]) * local2 * 2.0, (2.0 + 0.1 * w1[1]) * local2 * 2.0];
-        let got2 = Vec::<f64>::try_from(&w).unwrap();
+        let got2 = values(&w);
         for i in 0..2 {
             assert!((got2[i] - (w1[i] - (0.9 * d[i] + d2[i]))).abs() < 1e-15, "{got2:?}");
         }
-        // excluded parameter (the bias): plain momentum step with lr inside, no wd
-        let mut b = Tensor::from_slice(&[1.0f64]);
-        let mut bb = b.zeros_like();
-        lars_step(&mut b, &Tensor::from_slice(&[0.5f64]), &mut bb, 2.0, 0.9, 0.0, None);
-        assert_eq!(b.double_value(&[0]), 1.0 - 0.5 * 2.0);
+    }
+
+    #[test]
+    fn lars_at_a_zero_weight_takes_a_plain_step() {
+        // the probe's LARS (SimSiam's): factor 1 at ||w|| = 0, so d = (g + wd w) lr; the pre-training's would be 0
+        let w = Tensor::from_slice(&[0.0f64, 0.0]).set_requires_grad(true);
+        let b = Tensor::from_slice(&[0.0f64]).set_requires_grad(true);
+        let p = Protocol { optimizer: OptimizerKind::Lars, momentum: 0.9, weight_decay: 0.1, ..quick() };
+        let mut opt = probe_optimizer(&p, &w, &b);
+        set_grad(&w, &[1.0, -2.0]);
+        set_grad(&b, &[0.0]);
+        opt.step(0.5);
+        assert_eq!(values(&w), vec![-0.5, 1.0]);
     }
 
     #[test]

@@ -12,8 +12,9 @@ use anyhow::{bail, Result};
 use tch::{Device, Kind, Tensor};
 
 use super::metrics::{Confusion, IGNORE};
-use crate::eval::linear::{permutation, sgd_step};
+use crate::eval::linear::permutation;
 use crate::eval::Progress;
+use crate::optim::{Group, Optimizer, Rule};
 
 /// Images per chunk when histogramming masks or scoring predictions.
 const IMAGE_CHUNK: i64 = 256;
@@ -293,9 +294,13 @@ pub fn linear_train(
     let (var, mean) = train.feats.var_mean_correction(Some(&[0i64, 2, 3][..]), 0, false); // [c]
     let (mean, std) = (mean.to_device(device), (var + STD_EPS).sqrt().to_device(device));
     let opts = (Kind::Float, device);
-    let mut weight = Tensor::zeros([classes, c], opts).set_requires_grad(true);
-    let mut bias = Tensor::zeros([classes], opts).set_requires_grad(true);
-    let (mut bw, mut bb) = (Tensor::zeros([classes, c], opts), Tensor::zeros([classes], opts));
+    let weight = Tensor::zeros([classes, c], opts).set_requires_grad(true);
+    let bias = Tensor::zeros([classes], opts).set_requires_grad(true);
+    let mut opt = Optimizer::with_groups(
+        Rule::sgd(MOMENTUM),
+        vec![Group { lr_scale: 1.0, weight_decay: 0.0, lars: false }],
+        vec![("weight".into(), weight.shallow_clone(), 0), ("bias".into(), bias.shallow_clone(), 0)],
+    );
     let steps = (n + s.batch_size - 1) / s.batch_size;
     let mut epoch_loss = Vec::with_capacity(s.epochs);
     for epoch in 0..s.epochs {
@@ -312,14 +317,9 @@ pub fn linear_train(
             let logp = (x.mm(&weight.tr()) + &bias).log_softmax(1, Kind::Float); // [p, classes]
             let ce = -(target * logp).sum_dim_intlist(1, false, Kind::Float); // [p]
             let loss = (ce * &wt).sum(Kind::Float) / wt.sum(Kind::Float).clamp_min(1.0);
-            weight.zero_grad();
-            bias.zero_grad();
+            opt.zero_grad();
             loss.backward();
-            tch::no_grad(|| {
-                let (gw, gb) = (weight.grad(), bias.grad());
-                sgd_step(&mut weight, &gw, &mut bw, s.lr, MOMENTUM, 0.0);
-                sgd_step(&mut bias, &gb, &mut bb, s.lr, MOMENTUM, 0.0);
-            });
+            opt.step(s.lr);
             let l = loss.double_value(&[]);
             if !l.is_finite() {
                 return Err(crate::LewelError::Diverged {
