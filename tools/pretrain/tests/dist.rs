@@ -2,7 +2,8 @@
 //! run (losses within 1e-5) with per-process BN = `--bn-splits 2`, with `--sync-bn` = ordinary BN on the whole
 //! batch, with on-the-fly augmentation (each rank's slice of every batch, views included), and for LEWEL_M and
 //! MoCo v2 (ShuffleBN across the ranks); torchrun and Slurm launches; rank 0 alone writes; a killed rank stops
-//! the other with an error within 60 s.
+//! the other with an error within 60 s; two processes over tar shards whose count does not divide by 2 resume
+//! exactly.
 
 mod common;
 
@@ -267,5 +268,28 @@ fn a_killed_rank_stops_the_other_within_60_s() {
     std::io::Read::read_to_string(&mut r0.stderr.take().unwrap(), &mut err).unwrap();
     assert!(!status.success(), "rank 0 must fail when rank 1 dies");
     assert!(err.contains("another rank has failed or died"), "rank 0's message:\n{err}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// Two processes over 3 tar shards (3 does not divide by 2: the ranks' runs are cut at equal item counts, one shard
+/// split between them, `lewel::data::shards`): the run trains, and one stopped mid-epoch 2 and resumed on two
+/// processes equals the uninterrupted one, since each rank's order is a pure function of (seed, epoch, world).
+/// That the ranks' items are disjoint and cover the epoch is the unit test `ranks_take_disjoint_shards_with_a_remainder`.
+#[test]
+fn two_processes_over_shards_with_a_remainder_resume_exactly() {
+    let d = scratch("dist-shards");
+    lewel_testkit::photo_shards(&d.join("shards"), 3, 4, 0);
+    let data = format!("{}/shard-{{000000..000002}}.tar", d.join("shards").display());
+    let input = [data.as_str(), "--size", "16", "--shuffle-buffer", "3", "--batch-size", "4", "--bn-splits", "2"];
+    let want = ok(&launch(2, &args(&input, &d.join("a"), &[])));
+    let start = want.iter().find(|e| e["event"] == "start").unwrap();
+    assert_eq!(start["processes"], 2);
+    assert!(start.to_string().contains("12 images in 3 shards"), "{start}");
+    let want = losses(&want);
+    assert_eq!(want.len(), 6, "3 steps of 4 images in each of 2 epochs");
+    let first = losses(&ok(&launch(2, &args(&input, &d.join("r"), &["--max-steps", "4"]))));
+    assert_eq!(first, want[..4]);
+    let rest = ok(&launch(2, &["--resume", d.join("r").to_str().unwrap(), "--log-every", "1", "--quiet"]));
+    assert_eq!(losses(&rest), want[4..], "the resumed steps equal the uninterrupted run's, bit for bit");
     let _ = std::fs::remove_dir_all(&d);
 }
