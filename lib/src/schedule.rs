@@ -83,8 +83,9 @@ pub fn lr_at(base_lr: f64, warmup_epochs: u64, epochs: u64, epoch: u64, iter: u6
     if span == 0 {
         return base_lr;
     }
-    let progress = (epoch - warmup_epochs) as f64 / span as f64;
-    base_lr * 0.5 * (1.0 + (PI * progress).cos())
+    // π·(epoch − warmup) first, then the division: Python's left-to-right order in the official
+    // `math.cos(math.pi * (epoch - warmup) / (epochs - warmup))`, so the lr equals it to the last bit.
+    base_lr * 0.5 * (1.0 + (PI * (epoch - warmup_epochs) as f64 / span as f64).cos())
 }
 
 /// The EMA momentum of global step `cur_iter` (0-based, `epoch·iters + i`) out of `max_iter = epochs·iters`:

@@ -237,8 +237,7 @@ impl Dataset for Subset {
         for i in &self.indices {
             h.update(i.to_le_bytes());
         }
-        let hex: String = h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect();
-        format!("subset-{}-{hex}:{}", self.indices.len(), self.inner.fingerprint())
+        format!("subset-{}-{}:{}", self.indices.len(), crate::hex::short(&h.finalize()), self.inner.fingerprint())
     }
 }
 
