@@ -238,7 +238,8 @@ impl Source {
                 };
                 Source::Data(
                     crate::data::TwoViewLoader::new(data, (**recipe).clone(), lc)?
-                        .with_shard(crate::dist::rank(), crate::dist::world())?,
+                        .with_shard(crate::dist::rank(), crate::dist::world())?
+                        .pinned_for(device),
                 )
             }
         })
@@ -293,9 +294,22 @@ impl Source {
                     skipped: Vec::new(),
                 })
             })),
-            Source::Data(l) => Box::new(
-                l.epoch(epoch, start).map(|b| b.map(|b| SourceBatch { v1: b.v1, v2: b.v2, skipped: b.skipped })),
-            ),
+            Source::Data(l) => {
+                let gpu = l.pinned();
+                Box::new(l.epoch(epoch, start).map(move |b| {
+                    b.map(|b| {
+                        // pinned batches (a CUDA device): asynchronous copies, queued ahead of the step's kernels
+                        let (v1, v2) = match gpu {
+                            Some(d) => (
+                                b.v1.to_device_(d, Kind::Float, true, false),
+                                b.v2.to_device_(d, Kind::Float, true, false),
+                            ),
+                            None => (b.v1, b.v2),
+                        };
+                        SourceBatch { v1, v2, skipped: b.skipped }
+                    })
+                }))
+            }
         }
     }
 }

@@ -200,3 +200,34 @@ fn a_panicking_decoder_is_a_bad_item_not_a_crash() {
     assert_eq!(b.skipped.len(), 1);
     assert!(b.skipped[0].1.contains("panicked") && b.skipped[0].1.contains("malformed file"), "{:?}", b.skipped);
 }
+
+/// `pinned_for` pins only for a CUDA device (the batches then reach it by asynchronous copies); on the CPU it is no
+/// change, and the tensors of `epoch` equal the plain batches of `epoch_raw`. With CUDA present (a GPU machine),
+/// the pinned batches are pinned and hold the same values.
+#[test]
+fn pinned_batches_only_for_cuda_and_with_the_same_values() {
+    let recipe = Recipe::preset("lewel-b-small").unwrap();
+    let plain = TwoViewLoader::new(ds("photos-96"), recipe.clone(), cfg(2, 2, true)).unwrap();
+    let cpu =
+        TwoViewLoader::new(ds("photos-96"), recipe.clone(), cfg(2, 2, true)).unwrap().pinned_for(tch::Device::Cpu);
+    assert_eq!(cpu.pinned(), None);
+    let raw = all(&plain, 0, 0);
+    let check = |loader: &TwoViewLoader, pinned: Option<tch::Device>| {
+        let got: Vec<_> = loader.epoch(0, 0).map(|b| b.unwrap()).collect();
+        assert_eq!(got.len(), raw.len());
+        for (b, r) in got.iter().zip(&raw) {
+            if let Some(d) = pinned {
+                assert!(b.v1.is_pinned(d) && b.v2.is_pinned(d));
+            }
+            assert_eq!(Vec::<f32>::try_from(b.v1.flatten(0, -1)).unwrap(), r.v1);
+            assert_eq!(Vec::<f32>::try_from(b.v2.flatten(0, -1)).unwrap(), r.v2);
+        }
+    };
+    check(&cpu, None);
+    if tch::Cuda::is_available() {
+        let gpu =
+            TwoViewLoader::new(ds("photos-96"), recipe, cfg(2, 2, true)).unwrap().pinned_for(tch::Device::Cuda(0));
+        assert_eq!(gpu.pinned(), Some(tch::Device::Cuda(0)));
+        check(&gpu, Some(tch::Device::Cuda(0)));
+    }
+}

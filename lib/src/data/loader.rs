@@ -257,6 +257,8 @@ pub struct TwoViewLoader {
     buffers: Arc<BufferPool>,
     /// (rank, world): this process makes the rank-th of `world` equal contiguous slices of every batch.
     shard: (usize, usize),
+    /// The CUDA device whose pinned (page-locked) host memory the batches of [`TwoViewLoader::epoch`] end in.
+    pin: Option<tch::Device>,
 }
 
 /// What one item of a two-view batch came to.
@@ -291,7 +293,15 @@ impl TwoViewLoader {
             .into());
         }
         let pool = build_pool(cfg.threads)?;
-        Ok(TwoViewLoader { dataset, recipe: Arc::new(recipe), cfg, pool, buffers: Arc::default(), shard: (0, 1) })
+        Ok(TwoViewLoader {
+            dataset,
+            recipe: Arc::new(recipe),
+            cfg,
+            pool,
+            buffers: Arc::default(),
+            shard: (0, 1),
+            pin: None,
+        })
     }
 
     /// Makes this loader produce only the `rank`-th of `world` equal contiguous slices of every batch (data
@@ -307,6 +317,20 @@ impl TwoViewLoader {
         }
         self.shard = (rank, world);
         Ok(self)
+    }
+
+    /// For a CUDA `device`: the workers copy each finished batch of [`TwoViewLoader::epoch`] into pinned host memory
+    /// (PyTorch's caching host allocator, so the buffers are reused), off the training thread, so that the batch
+    /// reaches the GPU by an asynchronous copy (`Tensor::to_device_(.., non_blocking = true, ..)`) that does not
+    /// block the host while the step is queued. Any other device: no change. The values are the same either way.
+    pub fn pinned_for(mut self, device: tch::Device) -> TwoViewLoader {
+        self.pin = if device.is_cuda() { Some(device) } else { None };
+        self
+    }
+
+    /// The CUDA device the batches are pinned for ([`TwoViewLoader::pinned_for`]).
+    pub fn pinned(&self) -> Option<tch::Device> {
+        self.pin
     }
 
     /// The data set.
@@ -351,6 +375,7 @@ impl TwoViewLoader {
     pub fn epoch(&self, epoch: u64, start_step: usize) -> Batches<Batch> {
         let job = self.batch_job(epoch);
         let s = self.recipe.size as i64;
+        let pin = self.pin;
         self.spawn(start_step, move |step| {
             let (lo, hi) = job.range(step);
             let shape = [(hi - lo) as i64, 3, s, s];
@@ -359,6 +384,11 @@ impl TwoViewLoader {
             // nothing else refers to them until the batch is returned.
             let (o1, o2) = unsafe { (f32_slice_mut(&mut v1), f32_slice_mut(&mut v2)) };
             let filled = job.fill(lo, hi, o1, o2)?;
+            let (v1, v2) = match pin {
+                // a failed pin (no page-locked memory left) keeps the pageable batch: a blocking copy, same values
+                Some(d) => (v1.f_pin_memory(d).unwrap_or(v1), v2.f_pin_memory(d).unwrap_or(v2)),
+                None => (v1, v2),
+            };
             Ok(Batch { v1, v2, indices: filled.indices, labels: filled.labels, wait_s: 0.0, skipped: filled.skipped })
         })
     }
