@@ -377,7 +377,9 @@ fn build_figure(
         };
         noisy(&mut loss, series_of(&|p| p.loss), None);
         noisy(&mut terms, series_of(&|p| p.loss_global), None);
-        let aligned = series_of(&|p| p.loss_aligned);
+        // The baselines write loss_aligned 0 (no aligned branch: `model::Method::has_aligned`); not a curve.
+        let baseline = matches!(h.method.as_deref(), Some("byol" | "mocov2"));
+        let aligned = if baseline { Vec::new() } else { series_of(&|p| p.loss_aligned) };
         any_aligned |= !aligned.is_empty();
         noisy(&mut terms, aligned, Some(ALIGNED_DASH));
         noisy(&mut collapse, series_of(&|p| p.collapse_std), None);
@@ -618,6 +620,44 @@ mod tests {
             history.iter().zip(inputs).map(|(h, s)| RunData { source: s.to_string(), history: h.clone() }).collect();
         let paths: Vec<PathBuf> = inputs.iter().map(PathBuf::from).collect();
         auto_labels(&paths, &runs)
+    }
+
+    #[test]
+    fn the_baselines_zero_aligned_loss_is_not_drawn() {
+        let run = |method: &str, aligned: f64| {
+            let mut h = History { method: Some(method.into()), ..Default::default() };
+            for st in 0..3 {
+                let p = StepPoint {
+                    epoch: Some(0.0),
+                    loss: Some(1.0),
+                    loss_global: Some(1.0),
+                    loss_aligned: Some(aligned),
+                    ..Default::default()
+                };
+                h.steps.insert(st, p);
+            }
+            RunData { source: format!("{method}/events.jsonl"), history: h }
+        };
+        let cfg = CurvesConfig {
+            inputs: vec![],
+            labels: vec![],
+            out: "x.png".into(),
+            format: Format::Png,
+            x: XAxis::Step,
+            smooth: 0,
+            width: 1600,
+            height: 1000,
+        };
+        let count = |runs: &[RunData]| {
+            let labels: Vec<String> = runs.iter().map(|r| r.source.clone()).collect();
+            let fig = build_figure(runs, &labels, &cfg, &Theme::for_size(1600, 1000), &mut crate::events::DiscardSink)
+                .unwrap();
+            let terms = fig.panels.iter().find(|p| p.title.contains("aligned")).expect("the loss-terms panel");
+            terms.series.iter().filter(|s| s.stroke.dash.is_some()).count()
+        };
+        assert_eq!(count(&[run("lewel-b", 0.5), run("byol", 0.0)]), 1, "LEWEL_B's aligned curve alone");
+        assert_eq!(count(&[run("lewel-m", 0.5), run("mocov2", 0.0)]), 1);
+        assert_eq!(count(&[run("lewel-b", 0.5), run("lewel-m", 0.4)]), 2);
     }
 
     #[test]
