@@ -350,3 +350,36 @@ fn every_kind_of_bad_file_is_left_out_and_reported_or_fatal_with_strict() {
     bad.assert_strict_fails("viz-maps", &o, true);
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// Tar shards as DATA (issue 21): the photos in 2 shards give the same maps as the photos' folder, image by image
+/// (the shards hold the folder's files in its order; only the names differ).
+#[test]
+fn shards_of_the_photos_give_the_folders_maps() {
+    let d = scratch("shards");
+    let ck = checkpoint(&d, Method::LewelB);
+    lewel_testkit::photo_shards(&d.join("shards"), 2, 3, 0);
+    let maps = |data: &str, out: &str| {
+        let ev = ok(&[
+            "--ckpt",
+            ck.to_str().unwrap(),
+            "--data",
+            data,
+            "--out",
+            d.join(out).to_str().unwrap(),
+            "--grid",
+            "--maps",
+            "top:3",
+            "--size",
+            "64",
+            "-q",
+        ]);
+        check_stats(&ev, 6, 3, &[0]);
+        let keys = ["index", "map", "view", "entropy_nats", "peak_row", "peak_col", "peak_mass", "top10_mass"];
+        of(&ev, "map").iter().map(|m| keys.map(|k| m[k].to_string()).join(" ")).collect::<Vec<_>>()
+    };
+    let folder = maps(PHOTOS, "folder");
+    let shards = maps(d.join("shards").to_str().unwrap(), "from-shards");
+    assert_eq!(shards, folder);
+    assert_not_blank(&decode(&std::fs::read_dir(d.join("from-shards")).unwrap().next().unwrap().unwrap().path()));
+    let _ = std::fs::remove_dir_all(&d);
+}
