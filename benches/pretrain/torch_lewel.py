@@ -175,8 +175,14 @@ class Lewel(nn.Module):
         return self.loss_dir(o1, t2) + self.loss_dir(o2, t1)
 
     @torch.no_grad()
-    def momentum_update(self, m, foreach=False):
-        """EMAN: the whole state (parameters and BN statistics) averaged, num_batches_tracked copied."""
+    def momentum_update(self, m, foreach=False, params_only=False):
+        """EMAN: the whole state (parameters and BN statistics) averaged, num_batches_tracked copied.
+        `params_only`: the official LEWELB update instead, `param_t = param_t * m + param_o * (1 - m)` over the
+        parameters alone (the target's BN buffers follow its own train-mode forwards)."""
+        if params_only:
+            for po, pt in zip(self.online_net.parameters(), self.target_net.parameters()):
+                pt.copy_(pt * m + po * (1.0 - m))
+            return
         if not hasattr(self, "_ema_pairs"):
             so, st = self.online_net.state_dict(), self.target_net.state_dict()
             fl = [(st[k], so[k]) for k in st if not k.endswith("num_batches_tracked")]

@@ -392,7 +392,20 @@ pub struct StepCtx<'a> {
     schedule: &'a LrSchedule,
 }
 
-impl StepCtx<'_> {
+impl<'a> StepCtx<'a> {
+    /// Global step `step` (0-based) of a run of `epochs` epochs of `steps_per_epoch` steps under `schedule`.
+    pub fn at(step: u64, steps_per_epoch: u64, epochs: u64, schedule: &'a LrSchedule) -> Self {
+        StepCtx {
+            epoch: step / steps_per_epoch,
+            in_epoch: step % steps_per_epoch,
+            steps_per_epoch,
+            step,
+            total_steps: steps_per_epoch * epochs,
+            epochs,
+            schedule,
+        }
+    }
+
     /// The scheduled learning rate of this step for base lr `base`.
     pub fn lr(&self, base: f64) -> f64 {
         self.schedule.lr(base, self.epochs, self.epoch, self.in_epoch, self.steps_per_epoch)
@@ -614,7 +627,6 @@ pub fn train_loop<B>(
     let mut batches = source.epoch(step / spe, (step % spe) as usize, lc.batch_size);
     while step < stop_at {
         let epoch = step / spe;
-        let in_epoch = step % spe;
         let wait0 = Instant::now();
         let batch = batches.next().context("the data ended before the epoch did")??;
         let wait_s = batch.wait_s.unwrap_or_else(|| wait0.elapsed().as_secs_f64());
@@ -626,15 +638,7 @@ pub fn train_loop<B>(
                     .int("step", step as i64),
             )?;
         }
-        let ctx = StepCtx {
-            epoch,
-            in_epoch,
-            steps_per_epoch: spe,
-            step,
-            total_steps: total,
-            epochs: lc.epochs,
-            schedule: &lc.schedule,
-        };
+        let ctx = StepCtx::at(step, spe, lc.epochs, &lc.schedule);
         let t_step = Instant::now();
         let out = task.train_step(batch.data, &ctx)?;
         for w in &out.warnings {
@@ -1189,7 +1193,7 @@ pub fn run(
         tool: TOOL,
         epochs: cfg.epochs,
         batch_size: cfg.batch_size,
-        schedule: LrSchedule::WarmupCosine { warmup_epochs: cfg.warmup_epochs },
+        schedule: lr_schedule(cfg),
         seed: cfg.seed,
         ckpt_every_steps: cfg.ckpt_every_steps,
         ckpt_every_epochs: cfg.ckpt_every_epochs,
@@ -1205,6 +1209,62 @@ pub fn run(
     };
     let mut task = PretrainTask::new(cfg, model, opt, opts, monitor)?;
     Ok(train_loop(&lc, &source, &mut task, opts, run_dir, sink, progress)?.checkpoint)
+}
+
+/// The learning-rate schedule of a pre-training run: per-step warm-up over `warmup_epochs`, then the cosine.
+fn lr_schedule(cfg: &PretrainConfig) -> LrSchedule {
+    LrSchedule::WarmupCosine { warmup_epochs: cfg.warmup_epochs }
+}
+
+/// The pre-training step that `pretrain` ships, outside the loop: the golden tests (`lib/tests/golden.rs`) drive
+/// it, so the values they pin are those of the code that trains. [`PretrainStep::step`] performs global step
+/// `step` exactly as [`train_loop`] does in [`run`]: the views moved to the device (channels-last with `opts`),
+/// the loss of the method in `opts.precision`, the backward pass and the optimiser step with the lr of the
+/// config's warm-up and cosine ([`crate::schedule::lr_at`]), the fp16 loss scaler of `opts`, then the target's EMA
+/// update with the momentum of `cfg.ema_schedule` over the run's `epochs x steps_per_epoch` steps. Nothing else of
+/// the loop (events, checkpoints, the kNN monitor) runs.
+pub struct PretrainStep<'a> {
+    task: PretrainTask<'a>,
+    schedule: LrSchedule,
+    steps_per_epoch: u64,
+}
+
+impl<'a> PretrainStep<'a> {
+    /// The step of a run of `cfg` with `steps_per_epoch` steps an epoch, on `model` and `opt` (as [`build`]
+    /// makes them).
+    pub fn new(
+        cfg: &'a PretrainConfig,
+        model: Lewel,
+        opt: Optimizer,
+        opts: &RunOptions,
+        steps_per_epoch: u64,
+    ) -> Result<Self> {
+        if steps_per_epoch == 0 {
+            bail!("a run needs at least one step an epoch");
+        }
+        Ok(PretrainStep {
+            task: PretrainTask::new(cfg, model, opt, opts, None)?,
+            schedule: lr_schedule(cfg),
+            steps_per_epoch,
+        })
+    }
+
+    /// Global step `step` (0-based) on the views `v1`, `v2`: what the loop reports of it (the loss before the
+    /// update, the lr, the fields of the `step` event such as `ema_momentum`).
+    pub fn step(&mut self, step: u64, v1: Tensor, v2: Tensor) -> Result<StepOut> {
+        let ctx = StepCtx::at(step, self.steps_per_epoch, self.task.cfg.epochs, &self.schedule);
+        self.task.train_step((v1, v2), &ctx)
+    }
+
+    /// The model being trained.
+    pub fn model(&self) -> &Lewel {
+        &self.task.model
+    }
+
+    /// The optimiser.
+    pub fn optimizer(&self) -> &Optimizer {
+        &self.task.opt
+    }
 }
 
 /// The model configuration of this rank: `bn_splits` counts slices of the global batch, so each of N ranks

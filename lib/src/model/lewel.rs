@@ -36,7 +36,6 @@ use super::{
 use crate::amp::{full_precision, Autocast, Precision};
 use crate::ema::ema_update;
 use crate::loss::{aligned_info_nce, aligned_loss, collapse_std, combine, global_info_nce, global_loss};
-use crate::optim::Optimizer;
 use crate::LewelError;
 
 /// `online_net` / `target_net`: a ResNet trunk and the neck.
@@ -494,23 +493,23 @@ impl Lewel {
 /// ([`Lewel::load_state_dict`] returns how many were missing and set to 0).
 pub const NUM_BATCHES_TRACKED: &str = "num_batches_tracked";
 
-/// One full training step, exactly as the official loop: loss of the two views, zero_grad, backward, optimizer
-/// step with `lr`, then the target's EMA update with momentum `m`. Returns the loss terms of the step (computed
-/// before the update).
-pub fn train_step(model: &Lewel, opt: &mut Optimizer, v1: &Tensor, v2: &Tensor, lr: f64, m: f64) -> Result<LossTerms> {
-    let terms = model.forward_loss(v1, v2)?;
-    opt.zero_grad();
-    terms.total.f_backward()?;
-    opt.step(lr);
-    model.momentum_update(m);
-    Ok(terms)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::{Arch, Stem};
-    use crate::optim::OptimConfig;
+    use crate::optim::{OptimConfig, Optimizer};
+
+    /// A bare step in the official order for the model's own tests (loss of the two views, zero_grad, backward,
+    /// optimizer step with `lr`, EMA update with momentum `m`), returning the loss terms computed before the update.
+    /// The step `pretrain` ships, which the golden tests pin, is `train::PretrainStep`.
+    fn train_step(model: &Lewel, opt: &mut Optimizer, v1: &Tensor, v2: &Tensor, lr: f64, m: f64) -> Result<LossTerms> {
+        let terms = model.forward_loss(v1, v2)?;
+        opt.zero_grad();
+        terms.total.f_backward()?;
+        opt.step(lr);
+        model.momentum_update(m);
+        Ok(terms)
+    }
 
     fn tiny(method: Method) -> ModelConfig {
         let ema = if method.contrastive() { crate::ema::EmaMode::Params } else { crate::ema::EmaMode::Eman };

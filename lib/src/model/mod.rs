@@ -13,8 +13,8 @@
 //! - [`neck`]: the LEWEL coupled head (global vector, alignment maps, aligned representations) and the BYOL /
 //!   MoCo neck.
 //! - [`moco`]: the key queue and ShuffleBN of LEWEL_M and MoCo v2.
-//! - [`lewel`]: [`Lewel`], the online / target / predictors (or queue) wrapper with the loss, the EMA update and
-//!   [`train_step`].
+//! - [`lewel`]: [`Lewel`], the online / target / predictors (or queue) wrapper with the loss and the EMA update
+//!   (the training step itself is `train::PretrainStep`).
 //!
 //! Every tensor lives in the caller's `VarStore` under the official `state_dict` name (without DDP's
 //! `module.` prefix): `online_net.backbone.layer1.0.conv1.weight`, `target_net.neck.proj.mlp.1.running_var`,
@@ -28,7 +28,7 @@ pub mod neck;
 pub mod resnet;
 
 pub use crate::ema::EmaMode;
-pub use lewel::{train_step, Lewel, LossTerms};
+pub use lewel::{Lewel, LossTerms};
 
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
