@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from torch_lewel import Lewel, args_parser, fill, make_optimizer, sym
+from torch_lewel import golden_net, make_optimizer, sym
 
 STEPS, SPE, WARMUP, EPOCHS = 6, 2, 1, 3
 BASE_LR, WD, M0 = 0.4, 0.1, 0.98
@@ -58,13 +58,7 @@ def summary(net):
 
 def run(eman):
     torch.set_default_dtype(torch.float64)
-    a = args_parser().parse_args(["--arch", "resnet18", "--stem", "imagenet", "--width", "64", "--proj-dim", "16",
-                                  "--hidden-dim", "32"])
-    net = Lewel(a)
-    fill(net)
-    net.train()
-    if eman:
-        net.target_net.eval()
+    net = golden_net("resnet18", eman)
     opt = make_optimizer(net, BASE_LR, WD, eman=eman)
     losses = []
     for step in range(STEPS):

@@ -408,17 +408,24 @@ def fill(model):
         t.copy_(v.reshape(t.shape).to(t.dtype))
 
 
+def golden_net(arch, eman):
+    """§11.2's LEWEL_B (ImageNet stem, width 64, K 16, hidden 32) filled by the hash, in training mode; with
+    `eman` the target's BN in eval mode (LEWELB_EMAN), else in train mode (LEWELB)."""
+    a = args_parser().parse_args(["--arch", arch, "--stem", "imagenet", "--width", "64", "--proj-dim", "16",
+                                  "--hidden-dim", "32"])
+    net = Lewel(a)
+    fill(net)
+    net.train()
+    if eman:
+        net.target_net.eval()
+    return net
+
+
 def golden():
     torch.set_default_dtype(torch.float64)
     ok = True
     for arch, eman, want in [("resnet18", True, 3.320804383186), ("resnet18", False, 2.412717245168)]:
-        a = args_parser().parse_args(["--arch", arch, "--stem", "imagenet", "--width", "64", "--proj-dim", "16",
-                                      "--hidden-dim", "32"])
-        net = Lewel(a)
-        fill(net)
-        net.train()
-        if eman:
-            net.target_net.eval()
+        net = golden_net(arch, eman)
         n = 4 * 3 * 64 * 64
         i = torch.arange(n, dtype=torch.int64)
         v1, v2 = sym(i + 2 ** 31).reshape(4, 3, 64, 64), sym(i + 2 ** 31 + 2 ** 30).reshape(4, 3, 64, 64)
